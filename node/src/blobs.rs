@@ -1,0 +1,485 @@
+//! Blobs: served from the store when held, otherwise fetched from the origin once, with
+//! every client of the blob reading pieces as they land.
+//!
+//! # How a fetch goes
+//! One task per blob digest fetches it ("single flight"); requests that arrive while it
+//! runs subscribe to its progress. Each full piece is stored as it arrives, in one
+//! atomic write with the partial-blob record, so a killed node resumes from the last
+//! stored piece with a `Range` request. The sha256 of the whole blob is checked at the
+//! end: a match makes it complete, a mismatch drops every piece of it.
+//!
+//! # What a client can be sent
+//! Clients stream the pieces before the whole blob is verified (they must not wait for
+//! a large layer), but the blob's **last piece is held back until the sha256 matched**.
+//! So no client ever receives all the bytes of a blob that turned out wrong: on a
+//! mismatch the response is cut short of its `Content-Length`, which every engine
+//! treats as a failed download.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use shoal_protocol::digest::DigestHasher;
+use shoal_protocol::range::ByteRange;
+use shoal_protocol::{Digest, PIECE_SIZE, PieceId, PieceLayout, RepoName};
+use tokio::sync::watch;
+
+use crate::config::Upstream;
+use crate::origin::{Origin, OriginError};
+use crate::stats::Stats;
+use crate::store::{BlobRecord, PieceReadError, Store, StoreError, read_piece};
+
+/// Where a blob is fetched from when the node lacks it.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The upstream registry.
+    pub upstream: Upstream,
+    /// The repository the client asked through.
+    pub repo: RepoName,
+}
+
+/// Why a blob could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The origin failed or refused.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// The origin's bytes do not hash to the digest asked for.
+    #[error("origin {origin} sent bytes for {expected} that hash to {actual}; nothing of them was kept")]
+    DigestMismatch {
+        /// Which upstream.
+        origin: String,
+        /// The digest asked for.
+        expected: Digest,
+        /// What the bytes hashed to.
+        actual: Digest,
+    },
+    /// The origin sent more bytes than the size it announced.
+    #[error("origin {origin} sent more than the {size} bytes it announced for {digest}; nothing of them was kept")]
+    Overlong {
+        /// Which upstream.
+        origin: String,
+        /// The blob.
+        digest: Digest,
+        /// The size it announced.
+        size: u64,
+    },
+    /// The origin's response ended early or stalled; what arrived is kept to resume.
+    #[error("origin {origin} stopped sending {digest} after {got} of {size} bytes ({why}); the next request resumes there")]
+    Interrupted {
+        /// Which upstream.
+        origin: String,
+        /// The blob.
+        digest: Digest,
+        /// Bytes stored so far.
+        got: u64,
+        /// Bytes announced.
+        size: u64,
+        /// What happened.
+        why: String,
+    },
+    /// The blob is larger than this node accepts.
+    #[error("blob {digest} is {size} bytes, over this node's max_blob_size of {limit}")]
+    TooLarge {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored piece was missing or damaged; the blob was dropped to be fetched again.
+    #[error("{0}; the blob was dropped and will be fetched again")]
+    Damaged(#[from] PieceReadError),
+    /// A blocking task died (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How a fetch is going, as its subscribers see it.
+#[derive(Clone, Debug)]
+pub struct FetchState {
+    /// The blob's size, once the origin said.
+    pub size: Option<u64>,
+    /// Pieces stored so far, in order.
+    pub pieces: Vec<PieceId>,
+    /// Whether it is over.
+    pub outcome: Outcome,
+}
+
+/// The end of a fetch.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// Still running.
+    Running,
+    /// Verified and complete in the store.
+    Complete,
+    /// Failed; nothing unverified remains but a resumable partial.
+    Failed(Arc<BlobError>),
+}
+
+/// The blob service: store plus single-flight origin fetches.
+pub struct Blobs {
+    store: Arc<dyn Store>,
+    origin: Arc<Origin>,
+    stats: Arc<Stats>,
+    max_blob_size: u64,
+    stall_timeout: std::time::Duration,
+    // std Mutex: held for a map operation and, when a blob is not in flight, one store
+    // lookup; never across an await. Holding it over the lookup is what keeps a second
+    // fetch from starting between a fetch's completion and its removal from the map.
+    inflight: Mutex<HashMap<Digest, watch::Receiver<FetchState>>>,
+}
+
+/// A blob ready to be read: held, or on its way.
+pub struct OpenBlob {
+    digest: Digest,
+    size: u64,
+    source: OpenSource,
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+}
+
+enum OpenSource {
+    Stored(BlobRecord),
+    Fetching(watch::Receiver<FetchState>),
+}
+
+impl Blobs {
+    /// The service over `store`, fetching from `origin`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        origin: Arc<Origin>,
+        stats: Arc<Stats>,
+        max_blob_size: u64,
+        stall_timeout: std::time::Duration,
+    ) -> Self {
+        Blobs { store, origin, stats, max_blob_size, stall_timeout, inflight: Mutex::new(HashMap::new()) }
+    }
+
+    /// The size of blob `digest` if the node holds it or is fetching it.
+    pub fn known_size(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
+        if let Some(rx) = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).get(digest) {
+            if let Some(size) = rx.borrow().size {
+                return Ok(Some(size));
+            }
+        }
+        Ok(self.store.blob(digest)?.map(|r| r.size))
+    }
+
+    /// Opens blob `digest` for reading, starting a fetch from `source` if the node
+    /// lacks it. Returns once the blob's size is known.
+    pub async fn open(self: &Arc<Self>, source: &Source, digest: Digest) -> Result<OpenBlob, BlobError> {
+        let mut rx = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(rx) = inflight.get(&digest) {
+                rx.clone()
+            } else if let Some(record) = self.store.blob(&digest)? {
+                return Ok(self.opened(digest, record.size, OpenSource::Stored(record)));
+            } else {
+                let (tx, rx) = watch::channel(FetchState { size: None, pieces: Vec::new(), outcome: Outcome::Running });
+                inflight.insert(digest, rx.clone());
+                tokio::spawn(Arc::clone(self).fetch(source.clone(), digest, tx));
+                rx
+            }
+        };
+        let state = wait_for(&mut rx, |s| s.size.is_some()).await;
+        match (state.size, state.outcome) {
+            (_, Outcome::Failed(e)) => Err(clone_err(&e)),
+            (Some(0), Outcome::Running) => {
+                // An empty blob has no last piece to hold back: wait for the verdict.
+                match wait_for(&mut rx, |_| false).await.outcome {
+                    Outcome::Failed(e) => Err(clone_err(&e)),
+                    _ => Ok(self.opened(digest, 0, OpenSource::Fetching(rx))),
+                }
+            }
+            (Some(size), _) => Ok(self.opened(digest, size, OpenSource::Fetching(rx))),
+            (None, _) => {
+                // The fetch finished before saying a size: it completed (an empty
+                // fetch cannot fail silently), so the store has it.
+                let record = self.store.blob(&digest)?.ok_or_else(|| {
+                    BlobError::Internal(format!("fetch of {digest} ended without a size or an error"))
+                })?;
+                Ok(self.opened(digest, record.size, OpenSource::Stored(record)))
+            }
+        }
+    }
+
+    fn opened(&self, digest: Digest, size: u64, source: OpenSource) -> OpenBlob {
+        OpenBlob { digest, size, source, store: Arc::clone(&self.store), stats: Arc::clone(&self.stats) }
+    }
+
+    async fn fetch(self: Arc<Self>, source: Source, digest: Digest, tx: watch::Sender<FetchState>) {
+        Stats::add(&self.stats.origin_fetches, 1);
+        let result = self.fetch_inner(&source, &digest, &tx).await;
+        match &result {
+            Ok(()) => tracing::info!(%digest, repo = %source.repo, upstream = %source.upstream.host, "blob fetched and verified"),
+            Err(e) => tracing::warn!(%digest, repo = %source.repo, upstream = %source.upstream.host, "blob fetch failed: {e}"),
+        }
+        // Remove from the map before announcing the outcome: a request that arrives
+        // after this finds the completed blob in the store, or starts a fresh fetch.
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+        tx.send_modify(|s| {
+            s.outcome = match result {
+                Ok(()) => Outcome::Complete,
+                Err(e) => Outcome::Failed(Arc::new(e)),
+            }
+        });
+    }
+
+    async fn fetch_inner(&self, source: &Source, digest: &Digest, tx: &watch::Sender<FetchState>) -> Result<(), BlobError> {
+        let origin = source.upstream.host.clone();
+        let (mut hasher, mut pieces, mut have) = self.resume(digest).await?;
+        let reply = self.origin.blob(&source.upstream, &source.repo, digest, have).await?;
+        if reply.start != have {
+            // The origin ignored the range: start over.
+            self.blocking({
+                let d = *digest;
+                move |s| s.discard_partial(&d)
+            })
+            .await?;
+            (hasher, pieces, have) = (DigestHasher::new(), Vec::new(), 0);
+        }
+        let size = reply.total;
+        if size > self.max_blob_size {
+            return Err(BlobError::TooLarge { digest: *digest, size, limit: self.max_blob_size });
+        }
+        if have > size {
+            self.discard(digest).await?;
+            return Err(BlobError::Overlong { origin, digest: *digest, size });
+        }
+        tx.send_modify(|s| {
+            s.size = Some(size);
+            s.pieces = pieces.clone();
+        });
+        let mut body = reply.response.bytes_stream();
+        let mut buf = BytesMut::with_capacity(PIECE_SIZE as usize);
+        let interrupted = |got: u64, why: String| BlobError::Interrupted { origin: origin.clone(), digest: *digest, got, size, why };
+        loop {
+            let next = match tokio::time::timeout(self.stall_timeout, body.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Err(interrupted(have, format!("nothing for {} s", crate::origin::secs(self.stall_timeout))));
+                }
+            };
+            let chunk = match next {
+                None => break,
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => return Err(interrupted(have, crate::origin::unreachable(&origin, &e).to_string())),
+            };
+            Stats::add(&self.stats.bytes_from_origin, chunk.len() as u64);
+            if have + (buf.len() + chunk.len()) as u64 > size {
+                self.discard(digest).await?;
+                return Err(BlobError::Overlong { origin, digest: *digest, size });
+            }
+            buf.extend_from_slice(&chunk);
+            while buf.len() >= PIECE_SIZE as usize {
+                let piece = buf.split_to(PIECE_SIZE as usize).freeze();
+                have += self.store_piece(digest, &mut hasher, &mut pieces, piece, tx).await?;
+            }
+        }
+        if have + (buf.len() as u64) < size {
+            return Err(interrupted(have, "the response ended early".into()));
+        }
+        if !buf.is_empty() {
+            have += self.store_piece(digest, &mut hasher, &mut pieces, buf.freeze(), tx).await?;
+        }
+        let actual = hasher.finish();
+        if actual != *digest {
+            Stats::add(&self.stats.digest_mismatches, 1);
+            self.discard(digest).await?;
+            return Err(BlobError::DigestMismatch { origin, expected: *digest, actual });
+        }
+        let d = *digest;
+        self.blocking(move |s| s.complete(&d, have, None)).await?;
+        Ok(())
+    }
+
+    /// Picks up a partial blob a previous fetch (or process) left: re-reads its pieces
+    /// to rebuild the sha256 state. A damaged partial is dropped.
+    async fn resume(&self, digest: &Digest) -> Result<(DigestHasher, Vec<PieceId>, u64), BlobError> {
+        let d = *digest;
+        let store = Arc::clone(&self.store);
+        let resumed = tokio::task::spawn_blocking(move || -> Result<_, BlobError> {
+            let Some(partial) = store.partial(&d)? else {
+                return Ok(None);
+            };
+            let mut hasher = DigestHasher::new();
+            for id in &partial.pieces {
+                match read_piece(store.as_ref(), id) {
+                    Ok(bytes) => hasher.update(&bytes),
+                    Err(PieceReadError::Store(e)) => return Err(e.into()),
+                    Err(damage) => {
+                        tracing::warn!(digest = %d, "dropping partial blob: {damage}");
+                        store.discard_partial(&d)?;
+                        return Ok(None);
+                    }
+                }
+            }
+            if !partial.open() {
+                // A short last piece means every byte arrived, but the fetch died
+                // before checking them: start over rather than guess.
+                store.discard_partial(&d)?;
+                return Ok(None);
+            }
+            Ok(Some((hasher, partial.pieces, partial.bytes)))
+        })
+        .await
+        .map_err(|e| BlobError::Internal(e.to_string()))??;
+        if let Some((_, _, bytes)) = &resumed {
+            tracing::info!(%digest, bytes, "resuming a partial blob");
+        }
+        Ok(resumed.unwrap_or_else(|| (DigestHasher::new(), Vec::new(), 0)))
+    }
+
+    async fn store_piece(
+        &self,
+        digest: &Digest,
+        hasher: &mut DigestHasher,
+        pieces: &mut Vec<PieceId>,
+        piece: Bytes,
+        tx: &watch::Sender<FetchState>,
+    ) -> Result<u64, BlobError> {
+        hasher.update(&piece);
+        let (d, index, len) = (*digest, pieces.len() as u64, piece.len() as u64);
+        let id = self.blocking(move |s| s.append_piece(&d, index, &piece)).await?;
+        pieces.push(id);
+        tx.send_modify(|s| s.pieces.push(id));
+        Ok(len)
+    }
+
+    async fn discard(&self, digest: &Digest) -> Result<(), BlobError> {
+        let d = *digest;
+        self.blocking(move |s| s.discard_partial(&d)).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, BlobError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| BlobError::Internal(e.to_string()))?
+            .map_err(BlobError::from)
+    }
+}
+
+fn clone_err(e: &BlobError) -> BlobError {
+    // Subscribers each need an owned error; keep the variant where it matters to the
+    // HTTP status, and the message always.
+    match e {
+        BlobError::DigestMismatch { origin, expected, actual } => {
+            BlobError::DigestMismatch { origin: origin.clone(), expected: *expected, actual: *actual }
+        }
+        BlobError::Origin(OriginError::Status { url, status, body, content_type }) => BlobError::Origin(OriginError::Status {
+            url: url.clone(),
+            status: *status,
+            body: body.clone(),
+            content_type: content_type.clone(),
+        }),
+        BlobError::TooLarge { digest, size, limit } => BlobError::TooLarge { digest: *digest, size: *size, limit: *limit },
+        other => BlobError::Internal(other.to_string()),
+    }
+}
+
+/// Waits until `ready` holds or the fetch is over; returns the state then.
+async fn wait_for(rx: &mut watch::Receiver<FetchState>, ready: impl Fn(&FetchState) -> bool) -> FetchState {
+    loop {
+        {
+            let s = rx.borrow_and_update();
+            if ready(&s) || !matches!(s.outcome, Outcome::Running) {
+                return s.clone();
+            }
+        }
+        if rx.changed().await.is_err() {
+            // The fetch task is gone; its last word is final.
+            return rx.borrow().clone();
+        }
+    }
+}
+
+impl OpenBlob {
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The bytes in `range`, piece by piece. For a blob still being fetched, the last
+    /// piece comes only after the blob's sha256 matched (see the module docs); any
+    /// failure ends the stream with an error, which cuts the response short.
+    pub fn stream(self, range: ByteRange) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let layout = PieceLayout::new(self.size);
+        let (first, last) = if range.start < range.end {
+            (layout.index_of(range.start), layout.index_of(range.end - 1))
+        } else {
+            (1, 0)
+        };
+        futures_util::stream::unfold((self, first), move |(mut blob, index)| async move {
+            if index > last {
+                return None;
+            }
+            let result = blob.piece(index, layout.count()).await.map(|bytes| {
+                let r = layout.range(index);
+                let from = range.start.max(r.start) - r.start;
+                let to = range.end.min(r.end) - r.start;
+                bytes.slice(from as usize..to as usize)
+            });
+            match result {
+                Ok(bytes) => {
+                    Stats::add(&blob.stats.bytes_served, bytes.len() as u64);
+                    Some((Ok(bytes), (blob, index + 1)))
+                }
+                Err(e) => {
+                    tracing::warn!(digest = %blob.digest, "cutting a response short: {e}");
+                    // Ending at index past `last` stops the stream after this error.
+                    Some((Err(io::Error::other(e.to_string())), (blob, last + 1)))
+                }
+            }
+        })
+    }
+
+    async fn piece(&mut self, index: u64, count: u64) -> Result<Bytes, BlobError> {
+        let id = match &mut self.source {
+            OpenSource::Stored(record) => *record
+                .pieces
+                .get(index as usize)
+                .ok_or_else(|| BlobError::Internal(format!("{} has no piece {index}", self.digest)))?,
+            OpenSource::Fetching(rx) => {
+                let is_last = index + 1 == count;
+                let state = wait_for(rx, |s| (s.pieces.len() as u64 > index) && !is_last).await;
+                match &state.outcome {
+                    Outcome::Failed(e) => return Err(clone_err(e)),
+                    Outcome::Running if is_last => {
+                        return Err(BlobError::Internal("fetch ended without an outcome".into()));
+                    }
+                    _ => {}
+                }
+                *state.pieces.get(index as usize).ok_or_else(|| {
+                    BlobError::Internal(format!("fetch of {} ended without piece {index}", self.digest))
+                })?
+            }
+        };
+        let store = Arc::clone(&self.store);
+        let digest = self.digest;
+        let read = tokio::task::spawn_blocking(move || {
+            read_piece(store.as_ref(), &id).map_err(|e| {
+                if !matches!(e, PieceReadError::Store(_)) {
+                    // Drop the blob so that the next request fetches it again.
+                    if let Err(drop_err) = store.remove_blob(&digest) {
+                        tracing::error!(%digest, "cannot drop damaged blob: {drop_err}");
+                    }
+                }
+                e
+            })
+        })
+        .await
+        .map_err(|e| BlobError::Internal(e.to_string()))??;
+        Ok(Bytes::from(read))
+    }
+}

@@ -1,0 +1,365 @@
+//! Node configuration: the TOML file, the flags that override it, and the validated
+//! [`NodeConfig`] the rest of the node reads. Raw input is turned into a config in one
+//! place ([`NodeConfig::load`]); nothing else parses flags or files.
+//!
+//! Every key is optional. With no file and no flags, `shoal node` keeps its data in
+//! `./shoal-data`, serves the mirror on 127.0.0.1:5050 and pulls from Docker Hub.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use shoal_protocol::reference::parse_registry_host;
+use url::Url;
+
+/// Where Docker Hub's registry API really lives; engines call it `docker.io`.
+pub const DOCKER_HUB_HOST: &str = "docker.io";
+const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+
+/// The documented example config, printed by `shoal node --print-config`.
+pub const EXAMPLE: &str = include_str!("../shoal.example.toml");
+
+/// The TOML file as written (wire form: every field optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    upstream: Option<String>,
+    open_registries: Option<bool>,
+    max_blob_size: Option<u64>,
+    sync_writes: Option<bool>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    origin: OriginSection,
+    #[serde(default)]
+    upstreams: Vec<UpstreamSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OriginSection {
+    connect_timeout_secs: Option<u64>,
+    stall_timeout_secs: Option<u64>,
+    manifest_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamSection {
+    host: Option<String>,
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `shoal node` that override the file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct NodeFlags {
+    /// TOML config file (see `shoal node --print-config` for every key and its default).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the store and the node's state [default: ./shoal-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the mirror listens on [default: 127.0.0.1:5050].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// The default upstream registry, for requests that name none
+    /// [default: https://registry-1.docker.io].
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// A registry as engines name it, and where the node reaches it: HOST=URL.
+    /// Repeatable. Example: --registry registry.internal:5000=http://10.0.0.5:5000
+    #[arg(long = "registry", value_name = "HOST=URL")]
+    pub registries: Vec<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// fsync every store write (survives power loss, not only a killed process).
+    #[arg(long)]
+    pub sync_writes: bool,
+    /// Print the documented example config and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Credentials the node presents to an upstream.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <redacted>)", self.username)
+    }
+}
+
+/// One upstream registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// The registry as engines name it (`host[:port]`), the key requests use.
+    pub host: String,
+    /// Where the node reaches its API (scheme, host, port; `/v2/` is appended).
+    pub url: Url,
+    /// Credentials for it, if any.
+    pub credentials: Option<Credentials>,
+    /// Extra CA certificate (PEM) to trust for it.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate. Must be asked for by name.
+    pub insecure_skip_verify: bool,
+}
+
+impl Upstream {
+    /// An upstream reached at `https://host` with no credentials (Docker Hub's real
+    /// address for `docker.io`).
+    pub fn implicit(host: &str) -> anyhow::Result<Self> {
+        let host = parse_registry_host(host)?;
+        let url = if host == DOCKER_HUB_HOST || host == "index.docker.io" {
+            DOCKER_HUB_URL.to_owned()
+        } else {
+            format!("https://{host}")
+        };
+        Ok(Upstream {
+            url: Url::parse(&url).with_context(|| format!("registry {host} gives no valid URL"))?,
+            host,
+            credentials: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+        })
+    }
+}
+
+/// Timeouts for talking to upstreams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginConfig {
+    /// Time to establish a connection [default: 10 s].
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of a blob before the fetch counts as stalled
+    /// [default: 60 s].
+    pub stall_timeout: Duration,
+    /// Whole-request limit for manifests and token requests [default: 60 s].
+    pub manifest_timeout: Duration,
+}
+
+/// The validated configuration of a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the store and state live [default: ./shoal-data].
+    pub data_dir: PathBuf,
+    /// The mirror's address [default: 127.0.0.1:5050].
+    pub listen: SocketAddr,
+    /// Host key of the upstream used when a request names no registry.
+    pub default_upstream: String,
+    /// Configured upstreams by host.
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Whether a request may name a registry that is not configured, reached over
+    /// verified HTTPS [default: true].
+    pub open_registries: bool,
+    /// Largest blob the node will fetch [default: 64 GiB].
+    pub max_blob_size: u64,
+    /// fsync every store write [default: false; a killed process loses nothing either way].
+    pub sync_writes: bool,
+    /// Log format [default: text].
+    pub log_format: LogFormat,
+    /// Upstream timeouts.
+    pub origin: OriginConfig,
+}
+
+impl NodeConfig {
+    /// Reads the file named by `flags` (if any) and applies the flags over it.
+    pub fn load(flags: &NodeFlags) -> anyhow::Result<Self> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::build(file, flags)
+    }
+
+    fn build(file: FileConfig, flags: &NodeFlags) -> anyhow::Result<Self> {
+        let mut upstreams = BTreeMap::new();
+        for section in file.upstreams {
+            let up = upstream_from_section(section)?;
+            upstreams.insert(up.host.clone(), up);
+        }
+        for spec in &flags.registries {
+            let (host, url) = spec
+                .split_once('=')
+                .with_context(|| format!("--registry {spec:?} is not HOST=URL"))?;
+            let up = upstream_from_url(Some(host), url)?;
+            upstreams.insert(up.host.clone(), up);
+        }
+        let default_url = flags.upstream.clone().or(file.upstream);
+        let default_upstream = match default_url {
+            Some(url) => {
+                let up = upstream_from_url(None, &url)?;
+                let host = up.host.clone();
+                // A configured upstream of the same host keeps its credentials and TLS
+                // settings; the flag only says which one is the default.
+                upstreams.entry(host.clone()).or_insert(up);
+                host
+            }
+            None => DOCKER_HUB_HOST.to_owned(),
+        };
+        let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+        Ok(NodeConfig {
+            data_dir: flags
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("shoal-data")),
+            listen: flags
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5050))),
+            default_upstream,
+            upstreams,
+            open_registries: file.open_registries.unwrap_or(true),
+            max_blob_size: file.max_blob_size.unwrap_or(64 << 30),
+            sync_writes: flags.sync_writes || file.sync_writes.unwrap_or(false),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            origin: OriginConfig {
+                connect_timeout: secs(file.origin.connect_timeout_secs, 10),
+                stall_timeout: secs(file.origin.stall_timeout_secs, 60),
+                manifest_timeout: secs(file.origin.manifest_timeout_secs, 60),
+            },
+        })
+    }
+
+    /// The upstream for requests that name `host`, or the default one for `None`.
+    pub fn upstream(&self, host: Option<&str>) -> anyhow::Result<Upstream> {
+        let host = match host {
+            None => self.default_upstream.as_str(),
+            Some(h) => h,
+        };
+        let key = parse_registry_host(host)?;
+        let key = if key == "index.docker.io" { DOCKER_HUB_HOST.to_owned() } else { key };
+        if let Some(up) = self.upstreams.get(&key) {
+            return Ok(up.clone());
+        }
+        if key == self.default_upstream || self.open_registries {
+            return Upstream::implicit(&key);
+        }
+        bail!("registry {key} is not configured on this node (open_registries = false)")
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))
+}
+
+fn upstream_from_url(host: Option<&str>, url: &str) -> anyhow::Result<Upstream> {
+    let parsed = Url::parse(url).with_context(|| format!("upstream URL {url:?} is invalid"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        bail!("upstream URL {url:?} must be http:// or https:// with a host");
+    }
+    let host = match host {
+        Some(h) => parse_registry_host(h)?,
+        None => match parsed.port() {
+            Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or_default()),
+            None => parsed.host_str().unwrap_or_default().to_owned(),
+        },
+    };
+    let host = if host == "registry-1.docker.io" { DOCKER_HUB_HOST.to_owned() } else { host };
+    Ok(Upstream { host, url: parsed, credentials: None, ca_file: None, insecure_skip_verify: false })
+}
+
+fn upstream_from_section(s: UpstreamSection) -> anyhow::Result<Upstream> {
+    let mut up = upstream_from_url(s.host.as_deref(), &s.url)?;
+    let password = match (s.password, s.password_file) {
+        (Some(_), Some(_)) => bail!("upstream {}: give password or password_file, not both", up.host),
+        (Some(p), None) => Some(p),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("upstream {}: cannot read {}", up.host, f.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    up.credentials = match (s.username, password) {
+        (Some(username), Some(password)) => Some(Credentials { username, password }),
+        (None, None) => None,
+        _ => bail!("upstream {}: username and password go together", up.host),
+    };
+    up.ca_file = s.ca_file;
+    up.insecure_skip_verify = s.insecure_skip_verify;
+    Ok(up)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(toml_text: &str, flags: NodeFlags) -> anyhow::Result<NodeConfig> {
+        NodeConfig::build(toml::from_str(toml_text)?, &flags)
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = build("", NodeFlags::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5050");
+        assert_eq!(c.data_dir, PathBuf::from("shoal-data"));
+        assert_eq!(c.default_upstream, "docker.io");
+        assert_eq!(c.upstream(None).unwrap().url.as_str(), "https://registry-1.docker.io/");
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        build(EXAMPLE, NodeFlags::default()).unwrap();
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let flags = NodeFlags {
+            listen: Some("127.0.0.1:6000".parse().unwrap()),
+            upstream: Some("http://127.0.0.1:5000".into()),
+            registries: vec!["127.0.0.1:5999=http://127.0.0.1:5000".into()],
+            ..Default::default()
+        };
+        let c = build("listen = \"0.0.0.0:1\"\nopen_registries = false", flags).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(c.default_upstream, "127.0.0.1:5000");
+        assert_eq!(c.upstream(None).unwrap().url.as_str(), "http://127.0.0.1:5000/");
+        assert_eq!(c.upstream(Some("127.0.0.1:5999")).unwrap().url.as_str(), "http://127.0.0.1:5000/");
+        assert!(c.upstream(Some("elsewhere.example")).is_err());
+    }
+
+    #[test]
+    fn upstream_sections_carry_credentials() {
+        let c = build(
+            "[[upstreams]]\nhost = \"reg.example:443\"\nurl = \"https://reg.example\"\nusername = \"u\"\npassword = \"p\"",
+            NodeFlags::default(),
+        )
+        .unwrap();
+        let up = c.upstream(Some("reg.example:443")).unwrap();
+        assert_eq!(up.credentials.unwrap().username, "u");
+        assert!(build("[[upstreams]]\nurl = \"https://x\"\nusername = \"u\"", NodeFlags::default()).is_err());
+        assert!(build("bogus = 1", NodeFlags::default()).is_err());
+        assert!(build("[[upstreams]]\nurl = \"ftp://x\"", NodeFlags::default()).is_err());
+    }
+}

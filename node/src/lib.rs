@@ -1,0 +1,15 @@
+//! The shoal node: content store, origin client, OCI pull-through mirror and CLI. The
+//! `shoal` binary is a thin `main` over [`cli`]; everything lives here so that unit
+//! tests and the module map in ARCHITECTURE.md see one crate.
+
+#![forbid(unsafe_code)]
+
+pub mod blobs;
+pub mod cli;
+pub mod config;
+pub mod manifests;
+pub mod mirror;
+pub mod node;
+pub mod origin;
+pub mod stats;
+pub mod store;

@@ -1,0 +1,169 @@
+//! Manifests: resolved at the origin by tag, served from the store by digest, and
+//! always checked before anything is kept or served: the bytes must hash to the digest
+//! (the one asked for, or the one the origin announced) and parse as a manifest.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shoal_protocol::manifest::{MANIFEST_TYPES, Manifest, ManifestError};
+use shoal_protocol::{Digest, Reference};
+
+use crate::blobs::Source;
+use crate::origin::{Origin, OriginError};
+use crate::stats::Stats;
+use crate::store::{PieceReadError, Store, StoreError, TagRecord, read_piece, unix_now};
+
+/// A manifest ready to serve.
+#[derive(Clone, Debug)]
+pub struct ServedManifest {
+    /// Its digest (sha256 of `bytes`).
+    pub digest: Digest,
+    /// The origin's exact bytes.
+    pub bytes: Bytes,
+    /// The media type to serve it as.
+    pub media_type: String,
+}
+
+/// Why a manifest could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestFetchError {
+    /// The origin failed or refused.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// The bytes do not hash to the digest they should have.
+    #[error("origin {origin} sent a manifest for {reference} whose bytes hash to {actual}, not {expected}; it was not kept")]
+    DigestMismatch {
+        /// Which upstream.
+        origin: String,
+        /// What was asked for.
+        reference: String,
+        /// The digest expected.
+        expected: String,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// The bytes are not a manifest shoal serves.
+    #[error("origin {origin} sent an invalid manifest for {reference}: {error}; it was not kept")]
+    Invalid {
+        /// Which upstream.
+        origin: String,
+        /// What was asked for.
+        reference: String,
+        /// What is wrong with it.
+        error: ManifestError,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored piece of the manifest is damaged; it was dropped.
+    #[error("{0}; the manifest was dropped and will be fetched again")]
+    Damaged(#[from] PieceReadError),
+    /// A blocking task died (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The manifest service.
+pub struct Manifests {
+    store: Arc<dyn Store>,
+    origin: Arc<Origin>,
+    stats: Arc<Stats>,
+}
+
+impl Manifests {
+    /// The service over `store`, fetching from `origin`.
+    pub fn new(store: Arc<dyn Store>, origin: Arc<Origin>, stats: Arc<Stats>) -> Self {
+        Manifests { store, origin, stats }
+    }
+
+    /// The manifest `reference` names in `source`. Tags are always resolved at the
+    /// origin (they move); digests are served from the store when held.
+    pub async fn get(
+        &self,
+        source: &Source,
+        reference: &Reference,
+        accept: Option<&str>,
+    ) -> Result<ServedManifest, ManifestFetchError> {
+        if let Reference::Digest(d) = reference {
+            if let Some(held) = self.stored(*d).await? {
+                return Ok(held);
+            }
+        }
+        let accept = accept_header(accept);
+        let fetched = self.origin.manifest(&source.upstream, &source.repo, reference, &accept).await?;
+        Stats::add(&self.stats.bytes_from_origin, fetched.bytes.len() as u64);
+        let origin = source.upstream.host.clone();
+        let actual = Digest::of(&fetched.bytes);
+        let expected = match reference {
+            Reference::Digest(d) => Some(d.to_string()),
+            Reference::Tag(_) => fetched.digest_header.clone(),
+        };
+        if let Some(expected) = expected {
+            if expected != actual.to_string() {
+                Stats::add(&self.stats.digest_mismatches, 1);
+                return Err(ManifestFetchError::DigestMismatch {
+                    origin,
+                    reference: format!("{}:{reference}", source.repo),
+                    expected,
+                    actual,
+                });
+            }
+        }
+        let manifest = Manifest::parse(&fetched.bytes, fetched.content_type.as_deref()).map_err(|error| {
+            ManifestFetchError::Invalid { origin: origin.clone(), reference: format!("{}:{reference}", source.repo), error }
+        })?;
+        let served = ServedManifest { digest: actual, bytes: fetched.bytes, media_type: manifest.media_type };
+        let (store, keep) = (Arc::clone(&self.store), served.clone());
+        let (repo, tag) = (source.repo.clone(), match reference {
+            Reference::Tag(t) => Some(t.clone()),
+            Reference::Digest(_) => None,
+        });
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            store.put_blob(&keep.digest, &keep.bytes, Some(&keep.media_type))?;
+            if let Some(tag) = tag {
+                let record = TagRecord { digest: keep.digest, media_type: keep.media_type, resolved_at: unix_now() };
+                store.set_tag(&origin, &repo, &tag, &record)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ManifestFetchError::Internal(e.to_string()))??;
+        Ok(served)
+    }
+
+    /// The manifest `digest` from the store, if held as a manifest.
+    async fn stored(&self, digest: Digest) -> Result<Option<ServedManifest>, ManifestFetchError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || -> Result<_, ManifestFetchError> {
+            let Some(record) = store.blob(&digest)? else {
+                return Ok(None);
+            };
+            // A blob fetched through the blob API has no media type; fetch it as a
+            // manifest so that it gets one (and is checked as one).
+            let Some(media_type) = record.media_type else {
+                return Ok(None);
+            };
+            let mut bytes = Vec::with_capacity(record.size as usize);
+            for id in &record.pieces {
+                match read_piece(store.as_ref(), id) {
+                    Ok(piece) => bytes.extend_from_slice(&piece),
+                    Err(e) => {
+                        store.remove_blob(&digest)?;
+                        return Err(e.into());
+                    }
+                }
+            }
+            Ok(Some(ServedManifest { digest, bytes: bytes.into(), media_type }))
+        })
+        .await
+        .map_err(|e| ManifestFetchError::Internal(e.to_string()))?
+    }
+}
+
+/// The `Accept` sent upstream: the client's, or every manifest type shoal serves.
+fn accept_header(client: Option<&str>) -> String {
+    match client.map(str::trim).filter(|a| !a.is_empty()) {
+        Some(a) => a.to_owned(),
+        None => MANIFEST_TYPES.join(", "),
+    }
+}

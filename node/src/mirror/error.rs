@@ -1,0 +1,152 @@
+//! Errors as the distribution spec shapes them: a status and
+//! `{"errors":[{"code":...,"message":...}]}`, with messages that say what failed, on
+//! which input, and what the operator can do.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use shoal_protocol::{DigestError, ReferenceError};
+
+use crate::blobs::BlobError;
+use crate::manifests::ManifestFetchError;
+use crate::origin::OriginError;
+
+/// An error answer to a client.
+#[derive(Debug)]
+pub struct MirrorError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// An origin's own error document, passed through unchanged.
+    passthrough: Option<(bytes::Bytes, Option<String>)>,
+}
+
+impl MirrorError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        MirrorError { status, code, message: message.into(), passthrough: None }
+    }
+
+    /// A path that is not part of the pull API.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", "not a distribution-spec pull endpoint")
+    }
+
+    /// A method other than GET or HEAD.
+    pub fn unsupported(method: &Method) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            format!("{method} is not supported: shoal is a pull-through mirror; push to the origin registry"),
+        )
+    }
+
+    /// A bad repository name.
+    pub fn bad_name(e: ReferenceError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string())
+    }
+
+    /// A bad tag or digest in a manifest path.
+    pub fn bad_reference(e: ReferenceError) -> Self {
+        match e {
+            ReferenceError::BadDigest(d) => Self::bad_digest(&d),
+            other => Self::new(StatusCode::BAD_REQUEST, "TAG_INVALID", other.to_string()),
+        }
+    }
+
+    /// A bad digest.
+    pub fn bad_digest(e: &DigestError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
+    }
+
+    /// A registry the node will not or cannot reach.
+    pub fn bad_registry(e: anyhow::Error) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "DENIED", format!("{e:#}"))
+    }
+
+    /// A range past the end of a blob.
+    pub fn unsatisfiable(size: u64) -> Self {
+        let mut e = Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", format!("the blob has {size} bytes"));
+        e.passthrough = None;
+        e
+    }
+
+    /// A failure of the node itself.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("shoal node error: {e}"))
+    }
+}
+
+impl From<OriginError> for MirrorError {
+    fn from(e: OriginError) -> Self {
+        let message = e.to_string();
+        match e {
+            OriginError::Status { status, body, content_type, .. } => {
+                // 4xx answers (unknown repository, tag or blob) are the origin's to
+                // give: pass them through. A 5xx is the origin failing: say so as 502.
+                if status.is_client_error() && status != StatusCode::UNAUTHORIZED {
+                    MirrorError { status, code: "UNKNOWN", message, passthrough: Some((body, content_type)) }
+                } else if status == StatusCode::UNAUTHORIZED {
+                    Self::new(
+                        StatusCode::FORBIDDEN,
+                        "DENIED",
+                        format!("{message}: the origin needs credentials; configure them for this upstream in the node's config"),
+                    )
+                } else {
+                    Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message)
+                }
+            }
+            OriginError::Auth { .. } => Self::new(StatusCode::FORBIDDEN, "DENIED", message),
+            OriginError::Unreachable { .. } => Self::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
+            OriginError::Protocol { .. } => Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
+            OriginError::Config { .. } => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", message),
+        }
+    }
+}
+
+impl From<BlobError> for MirrorError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::Origin(o) => o.into(),
+            BlobError::DigestMismatch { .. } => Self::new(StatusCode::BAD_GATEWAY, "DIGEST_INVALID", e.to_string()),
+            BlobError::TooLarge { .. } => Self::new(StatusCode::FORBIDDEN, "SIZE_INVALID", e.to_string()),
+            BlobError::Overlong { .. } | BlobError::Interrupted { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string())
+            }
+            BlobError::Store(_) | BlobError::Damaged(_) | BlobError::Internal(_) => Self::internal(e),
+        }
+    }
+}
+
+impl From<ManifestFetchError> for MirrorError {
+    fn from(e: ManifestFetchError) -> Self {
+        match e {
+            ManifestFetchError::Origin(o) => o.into(),
+            ManifestFetchError::DigestMismatch { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "DIGEST_INVALID", e.to_string())
+            }
+            ManifestFetchError::Invalid { .. } => Self::new(StatusCode::BAD_GATEWAY, "MANIFEST_INVALID", e.to_string()),
+            ManifestFetchError::Store(_) | ManifestFetchError::Damaged(_) | ManifestFetchError::Internal(_) => {
+                Self::internal(e)
+            }
+        }
+    }
+}
+
+impl IntoResponse for MirrorError {
+    fn into_response(self) -> Response {
+        tracing::info!(status = %self.status, code = self.code, "request failed: {}", self.message);
+        let (body, content_type) = match self.passthrough {
+            Some((body, ct)) if !body.is_empty() => (body, ct.unwrap_or_else(|| "application/json".into())),
+            _ => {
+                let doc = serde_json::json!({"errors": [{"code": self.code, "message": self.message}]});
+                (doc.to_string().into(), "application/json".into())
+            }
+        };
+        let mut r = Response::new(Body::from(body));
+        *r.status_mut() = self.status;
+        if let Ok(v) = HeaderValue::from_str(&content_type) {
+            r.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        r
+    }
+}

@@ -1,0 +1,109 @@
+//! A running node: its config, store, origin client and services, and the server loop.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::blobs::Blobs;
+use crate::config::NodeConfig;
+use crate::manifests::Manifests;
+use crate::origin::Origin;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::store::content::ContentStore;
+use crate::store::rocks::{RocksEngine, db_dir};
+use crate::store::{Store, StoreError};
+
+/// Everything a request handler can reach.
+pub struct Node {
+    /// The validated config.
+    pub config: NodeConfig,
+    /// The content store.
+    pub store: Arc<dyn Store>,
+    /// The upstream client.
+    pub origin: Arc<Origin>,
+    /// Blob service.
+    pub blobs: Arc<Blobs>,
+    /// Manifest service.
+    pub manifests: Manifests,
+    /// Traffic counters.
+    pub stats: Arc<Stats>,
+}
+
+impl Node {
+    /// Opens the node's store under `config.data_dir`.
+    pub fn open(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
+        let dir = db_dir(&config.data_dir);
+        let engine = RocksEngine::open(&dir, config.sync_writes)?;
+        let store: Arc<dyn Store> = Arc::new(ContentStore::new(engine)?);
+        let origin = Arc::new(Origin::new(config.origin.clone()));
+        let stats = Arc::new(Stats::default());
+        let blobs = Arc::new(Blobs::new(
+            Arc::clone(&store),
+            Arc::clone(&origin),
+            Arc::clone(&stats),
+            config.max_blob_size,
+            config.origin.stall_timeout,
+        ));
+        let manifests = Manifests::new(Arc::clone(&store), Arc::clone(&origin), Arc::clone(&stats));
+        Ok(Arc::new(Node { config, store, origin, blobs, manifests, stats }))
+    }
+
+    /// The figures `shoal stats` prints.
+    pub async fn stats_snapshot(&self) -> Result<StatsSnapshot, StoreError> {
+        let store = Arc::clone(&self.store);
+        let totals = tokio::task::spawn_blocking(move || store.totals())
+            .await
+            .map_err(|e| StoreError::Db(e.to_string()))??;
+        Ok(self.stats.snapshot(&totals))
+    }
+}
+
+/// Runs `shoal node` until SIGINT or SIGTERM.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let data_dir = config.data_dir.clone();
+    let node = Node::open(config).with_context(|| format!("cannot open the node's store in {}", data_dir.display()))?;
+    let totals = node.store.totals()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (is another node running? use --listen)"))?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(
+            "the mirror listens on {bound}, which is not loopback: any host that reaches it can pull through this node"
+        );
+    }
+    tracing::info!(
+        listen = %bound,
+        data_dir = %data_dir.display(),
+        default_upstream = %node.config.default_upstream,
+        blobs = totals.blobs,
+        blob_bytes = totals.blob_bytes,
+        partial_blobs = totals.partial_blobs,
+        "shoal node ready"
+    );
+    axum::serve(listener, crate::mirror::router(node))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the mirror server failed")?;
+    tracing::info!("shoal node stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,78 @@
+//! Counters of what the node has done since it started, and the JSON `shoal stats`
+//! prints. Store-wide figures (blobs, bytes held) come from the store's totals and
+//! survive restarts; traffic counters are per process, as Prometheus counters are.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::store::Totals;
+
+/// Traffic counters, updated as requests are served.
+#[derive(Default)]
+pub struct Stats {
+    /// Blob and manifest bytes received from upstream registries.
+    pub bytes_from_origin: AtomicU64,
+    /// Blob and manifest bytes sent to clients.
+    pub bytes_served: AtomicU64,
+    /// Blob requests answered (GET with a body).
+    pub blobs_served: AtomicU64,
+    /// Manifest requests answered.
+    pub manifests_served: AtomicU64,
+    /// Blob fetches started at an origin.
+    pub origin_fetches: AtomicU64,
+    /// Blobs or manifests an origin sent whose digest did not match.
+    pub digest_mismatches: AtomicU64,
+}
+
+impl Stats {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Everything `shoal stats --json` prints.
+    pub fn snapshot(&self, totals: &Totals) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            bytes_from_origin: get(&self.bytes_from_origin),
+            bytes_served: get(&self.bytes_served),
+            blobs_served: get(&self.blobs_served),
+            manifests_served: get(&self.manifests_served),
+            origin_fetches: get(&self.origin_fetches),
+            digest_mismatches: get(&self.digest_mismatches),
+            blobs: totals.blobs,
+            blob_bytes: totals.blob_bytes,
+            pieces: totals.pieces,
+            piece_bytes: totals.piece_bytes,
+            partial_blobs: totals.partial_blobs,
+        }
+    }
+}
+
+/// The wire form of `shoal stats --json`. Fields are only ever added.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Bytes received from upstream registries since the node started.
+    pub bytes_from_origin: u64,
+    /// Bytes sent to clients since the node started.
+    pub bytes_served: u64,
+    /// Blob responses sent since the node started.
+    pub blobs_served: u64,
+    /// Manifest responses sent since the node started.
+    pub manifests_served: u64,
+    /// Blob fetches started at an origin since the node started.
+    pub origin_fetches: u64,
+    /// Origin answers refused for a wrong digest since the node started.
+    pub digest_mismatches: u64,
+    /// Complete blobs in the store (layers, configs, manifests).
+    pub blobs: u64,
+    /// Their total size.
+    pub blob_bytes: u64,
+    /// Distinct pieces in the store.
+    pub pieces: u64,
+    /// Their total size: the bytes the store really holds.
+    pub piece_bytes: u64,
+    /// Blobs fetched in part, to be resumed.
+    pub partial_blobs: u64,
+}

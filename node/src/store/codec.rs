@@ -1,0 +1,230 @@
+//! The store's record encodings: a version byte, then fixed-width integers and
+//! length-prefixed fields. These are internal to one node's disk, not a wire format; the
+//! version byte lets a later shoal read or migrate what an earlier one wrote.
+
+use shoal_protocol::{Digest, PieceId};
+
+use super::{BlobRecord, PartialBlob, StoreError, TagRecord, Totals};
+
+const V1: u8 = 1;
+
+/// Encodes a complete blob's record.
+pub fn encode_blob(r: &BlobRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8 + 2 + 4 + r.pieces.len() * 32 + 64);
+    out.push(V1);
+    out.extend_from_slice(&r.size.to_le_bytes());
+    let media = r.media_type.as_deref().unwrap_or("");
+    out.extend_from_slice(&(media.len() as u16).to_le_bytes());
+    out.extend_from_slice(media.as_bytes());
+    put_pieces(&mut out, &r.pieces);
+    out
+}
+
+/// Decodes a complete blob's record.
+pub fn decode_blob(key: &str, bytes: &[u8]) -> Result<BlobRecord, StoreError> {
+    let mut r = Reader::new(key, bytes);
+    r.version()?;
+    let size = r.u64()?;
+    let media_len = r.u16()? as usize;
+    let media = r.take(media_len)?;
+    let media = std::str::from_utf8(media).map_err(|_| r.bad("media type is not UTF-8"))?;
+    let pieces = r.pieces()?;
+    r.end()?;
+    Ok(BlobRecord {
+        size,
+        pieces,
+        media_type: (!media.is_empty()).then(|| media.to_owned()),
+    })
+}
+
+/// Encodes a partial blob's record.
+pub fn encode_partial(p: &PartialBlob) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8 + 4 + p.pieces.len() * 32);
+    out.push(V1);
+    out.extend_from_slice(&p.bytes.to_le_bytes());
+    put_pieces(&mut out, &p.pieces);
+    out
+}
+
+/// Decodes a partial blob's record.
+pub fn decode_partial(key: &str, bytes: &[u8]) -> Result<PartialBlob, StoreError> {
+    let mut r = Reader::new(key, bytes);
+    r.version()?;
+    let total = r.u64()?;
+    let pieces = r.pieces()?;
+    r.end()?;
+    Ok(PartialBlob { bytes: total, pieces })
+}
+
+/// Encodes a tag record.
+pub fn encode_tag(t: &TagRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 32 + 8 + 2 + t.media_type.len());
+    out.push(V1);
+    out.extend_from_slice(t.digest.as_bytes());
+    out.extend_from_slice(&t.resolved_at.to_le_bytes());
+    out.extend_from_slice(&(t.media_type.len() as u16).to_le_bytes());
+    out.extend_from_slice(t.media_type.as_bytes());
+    out
+}
+
+/// Decodes a tag record.
+pub fn decode_tag(key: &str, bytes: &[u8]) -> Result<TagRecord, StoreError> {
+    let mut r = Reader::new(key, bytes);
+    r.version()?;
+    let digest = Digest::from_bytes(r.array()?);
+    let resolved_at = r.u64()?;
+    let len = r.u16()? as usize;
+    let media = r.take(len)?;
+    let media_type = std::str::from_utf8(media)
+        .map_err(|_| r.bad("media type is not UTF-8"))?
+        .to_owned();
+    r.end()?;
+    Ok(TagRecord { digest, media_type, resolved_at })
+}
+
+/// Encodes the store's totals.
+pub fn encode_totals(t: &Totals) -> Vec<u8> {
+    let mut out = vec![V1];
+    for v in [t.blobs, t.blob_bytes, t.pieces, t.piece_bytes, t.partial_blobs] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes the store's totals.
+pub fn decode_totals(bytes: &[u8]) -> Result<Totals, StoreError> {
+    let mut r = Reader::new("totals", bytes);
+    r.version()?;
+    let t = Totals {
+        blobs: r.u64()?,
+        blob_bytes: r.u64()?,
+        pieces: r.u64()?,
+        piece_bytes: r.u64()?,
+        partial_blobs: r.u64()?,
+    };
+    r.end()?;
+    Ok(t)
+}
+
+/// Encodes a piece's reference count and size.
+pub fn encode_piece_ref(count: u64, size: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&count.to_le_bytes());
+    out[8..].copy_from_slice(&size.to_le_bytes());
+    out
+}
+
+/// Decodes a piece's reference count and size.
+pub fn decode_piece_ref(key: &str, bytes: &[u8]) -> Result<(u64, u64), StoreError> {
+    let mut r = Reader::new(key, bytes);
+    let count = r.u64()?;
+    let size = r.u64()?;
+    r.end()?;
+    Ok((count, size))
+}
+
+fn put_pieces(out: &mut Vec<u8>, pieces: &[PieceId]) {
+    out.extend_from_slice(&(pieces.len() as u32).to_le_bytes());
+    for p in pieces {
+        out.extend_from_slice(&p.0);
+    }
+}
+
+struct Reader<'a> {
+    key: &'a str,
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(key: &'a str, bytes: &'a [u8]) -> Self {
+        Reader { key, bytes }
+    }
+
+    fn bad(&self, why: &str) -> StoreError {
+        StoreError::BadRecord { key: self.key.to_owned(), why: why.to_owned() }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.bytes.len() < n {
+            return Err(self.bad("record is truncated"));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn version(&mut self) -> Result<(), StoreError> {
+        match self.take(1)?[0] {
+            V1 => Ok(()),
+            v => Err(self.bad(&format!("record version {v} is newer than this shoal knows"))),
+        }
+    }
+
+    fn u16(&mut self) -> Result<u16, StoreError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn pieces(&mut self) -> Result<Vec<PieceId>, StoreError> {
+        let n = u32::from_le_bytes(self.array()?) as usize;
+        if self.bytes.len() < n.saturating_mul(32) {
+            return Err(self.bad("piece list is truncated"));
+        }
+        (0..n).map(|_| Ok(PieceId(self.array()?))).collect()
+    }
+
+    fn end(&self) -> Result<(), StoreError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(self.bad("record has trailing bytes"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn blob_records_round_trip(size in any::<u64>(), n in 0usize..20, media in proptest::option::of("[a-z./+]{1,40}")) {
+            let r = BlobRecord {
+                size,
+                pieces: (0..n).map(|i| PieceId::of(&[i as u8])).collect(),
+                media_type: media,
+            };
+            prop_assert_eq!(decode_blob("k", &encode_blob(&r)).unwrap(), r);
+        }
+
+        #[test]
+        fn decoders_refuse_garbage_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_blob("k", &bytes);
+            let _ = decode_partial("k", &bytes);
+            let _ = decode_tag("k", &bytes);
+            let _ = decode_totals(&bytes);
+            let _ = decode_piece_ref("k", &bytes);
+        }
+    }
+
+    #[test]
+    fn other_records_round_trip() {
+        let p = PartialBlob { bytes: 5, pieces: vec![PieceId::of(b"a")] };
+        assert_eq!(decode_partial("k", &encode_partial(&p)).unwrap(), p);
+        let t = TagRecord { digest: Digest::of(b"m"), media_type: "x/y".into(), resolved_at: 9 };
+        assert_eq!(decode_tag("k", &encode_tag(&t)).unwrap(), t);
+        let tot = Totals { blobs: 1, blob_bytes: 2, pieces: 3, piece_bytes: 4, partial_blobs: 5 };
+        assert_eq!(decode_totals(&encode_totals(&tot)).unwrap(), tot);
+        assert_eq!(decode_piece_ref("k", &encode_piece_ref(7, 8)).unwrap(), (7, 8));
+    }
+}

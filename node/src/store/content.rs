@@ -1,0 +1,266 @@
+//! The content store's rules over any [`Engine`]: pieces with reference counts, partial
+//! and complete blobs, tags, and running totals, each change one atomic batch.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use shoal_protocol::{Digest, PieceId, RepoName};
+
+use super::codec;
+use super::engine::{Batch, Engine, Table};
+use super::{BlobRecord, PartialBlob, Store, StoreError, TagRecord, Totals};
+
+const TOTALS_KEY: &[u8] = b"totals";
+
+/// A [`Store`] over an engine.
+pub struct ContentStore<E> {
+    engine: E,
+    /// Serialises writers, and holds the totals they update. Every change reads some
+    /// records, computes a batch and writes it; two at once could lose a reference
+    /// count. A std Mutex: the sections are short and never await.
+    writer: Mutex<Totals>,
+}
+
+impl<E: Engine> ContentStore<E> {
+    /// The store over `engine`, reading its totals.
+    pub fn new(engine: E) -> Result<Self, StoreError> {
+        let totals = match engine.get(Table::Meta, TOTALS_KEY)? {
+            Some(bytes) => codec::decode_totals(&bytes)?,
+            None => Totals::default(),
+        };
+        Ok(ContentStore { engine, writer: Mutex::new(totals) })
+    }
+
+    /// The engine underneath, for checks that look past the store's rules.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Totals> {
+        // Totals are only replaced after a batch is written, so a panic midway leaves
+        // the last written value: a poisoned lock is still consistent with the engine.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `batch` with the new totals, and keeps them only if the write succeeded.
+    fn commit(&self, totals: &mut Totals, next: Totals, mut batch: Batch) -> Result<(), StoreError> {
+        batch.put(Table::Meta, TOTALS_KEY, codec::encode_totals(&next));
+        self.engine.write(batch)?;
+        *totals = next;
+        Ok(())
+    }
+
+    /// Adds to `batch` the reference changes in `deltas`, adjusting `next`.
+    fn apply_refs(
+        &self,
+        batch: &mut Batch,
+        next: &mut Totals,
+        deltas: HashMap<PieceId, (i64, Option<&[u8]>)>,
+    ) -> Result<(), StoreError> {
+        for (id, (delta, bytes)) in deltas {
+            let key = ref_key(&id);
+            let (count, size) = match self.engine.get(Table::PieceRefs, &id.0)? {
+                Some(v) => codec::decode_piece_ref(&key, &v)?,
+                None => (0, bytes.map_or(0, |b| b.len() as u64)),
+            };
+            let new = count as i64 + delta;
+            if new < 0 {
+                return Err(StoreError::Conflict(format!("piece {id} released more often than used")));
+            }
+            if count == 0 && new > 0 {
+                let bytes = bytes.ok_or_else(|| {
+                    StoreError::Conflict(format!("piece {id} referenced but never stored"))
+                })?;
+                batch.put(Table::Pieces, &id.0, bytes.to_vec());
+                next.pieces += 1;
+                next.piece_bytes += size;
+            }
+            if new == 0 {
+                batch.delete(Table::Pieces, &id.0);
+                batch.delete(Table::PieceRefs, &id.0);
+                next.pieces = next.pieces.saturating_sub(1);
+                next.piece_bytes = next.piece_bytes.saturating_sub(size);
+            } else {
+                batch.put(Table::PieceRefs, &id.0, codec::encode_piece_ref(new as u64, size).to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    fn release(pieces: &[PieceId]) -> HashMap<PieceId, (i64, Option<&'static [u8]>)> {
+        let mut deltas = HashMap::new();
+        for id in pieces {
+            deltas.entry(*id).or_insert((0, None)).0 -= 1;
+        }
+        deltas
+    }
+}
+
+fn blob_key(d: &Digest) -> String {
+    format!("blob {d}")
+}
+
+fn partial_key(d: &Digest) -> String {
+    format!("partial {d}")
+}
+
+fn ref_key(id: &PieceId) -> String {
+    format!("piece_ref {id}")
+}
+
+fn tag_key(upstream: &str, repo: &RepoName, tag: &str) -> Vec<u8> {
+    // NUL cannot occur in a host, a repository name or a tag.
+    format!("{upstream}\0{repo}\0{tag}").into_bytes()
+}
+
+impl<E: Engine> Store for ContentStore<E> {
+    fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, StoreError> {
+        self.engine
+            .get(Table::Blobs, digest.as_bytes())?
+            .map(|v| codec::decode_blob(&blob_key(digest), &v))
+            .transpose()
+    }
+
+    fn piece(&self, id: &PieceId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.engine.get(Table::Pieces, &id.0)
+    }
+
+    fn partial(&self, digest: &Digest) -> Result<Option<PartialBlob>, StoreError> {
+        self.engine
+            .get(Table::Partials, digest.as_bytes())?
+            .map(|v| codec::decode_partial(&partial_key(digest), &v))
+            .transpose()
+    }
+
+    fn partials(&self) -> Result<Vec<Digest>, StoreError> {
+        self.engine
+            .keys(Table::Partials)?
+            .into_iter()
+            .map(|k| {
+                let raw: [u8; 32] = k.as_slice().try_into().map_err(|_| StoreError::BadRecord {
+                    key: "partials".into(),
+                    why: format!("key of {} bytes is not a digest", k.len()),
+                })?;
+                Ok(Digest::from_bytes(raw))
+            })
+            .collect()
+    }
+
+    fn append_piece(&self, digest: &Digest, index: u64, bytes: &[u8]) -> Result<PieceId, StoreError> {
+        let mut totals = self.writer();
+        let mut next = *totals;
+        let existing = self.partial(digest)?;
+        if existing.is_none() {
+            next.partial_blobs += 1;
+        }
+        let mut partial = existing.unwrap_or_default();
+        if index != partial.pieces.len() as u64 || !partial.open() {
+            return Err(StoreError::Conflict(format!(
+                "piece {index} of {digest} appended to a partial of {} pieces ({} bytes)",
+                partial.pieces.len(),
+                partial.bytes
+            )));
+        }
+        let id = PieceId::of(bytes);
+        let mut batch = Batch::default();
+        self.apply_refs(&mut batch, &mut next, HashMap::from([(id, (1, Some(bytes)))]))?;
+        partial.pieces.push(id);
+        partial.bytes += bytes.len() as u64;
+        batch.put(Table::Partials, digest.as_bytes(), codec::encode_partial(&partial));
+        self.commit(&mut totals, next, batch)?;
+        Ok(id)
+    }
+
+    fn complete(
+        &self,
+        digest: &Digest,
+        size: u64,
+        media_type: Option<&str>,
+    ) -> Result<BlobRecord, StoreError> {
+        let mut totals = self.writer();
+        let mut next = *totals;
+        let mut batch = Batch::default();
+        let partial = self.partial(digest)?;
+        if let Some(done) = self.blob(digest)? {
+            // Someone completed it first; what this caller fetched is surplus.
+            if let Some(p) = partial {
+                self.apply_refs(&mut batch, &mut next, Self::release(&p.pieces))?;
+                batch.delete(Table::Partials, digest.as_bytes());
+                next.partial_blobs = next.partial_blobs.saturating_sub(1);
+                self.commit(&mut totals, next, batch)?;
+            }
+            return Ok(done);
+        }
+        let pieces = match partial {
+            Some(p) if p.bytes == size => {
+                batch.delete(Table::Partials, digest.as_bytes());
+                next.partial_blobs = next.partial_blobs.saturating_sub(1);
+                p.pieces
+            }
+            None if size == 0 => Vec::new(),
+            other => {
+                return Err(StoreError::Conflict(format!(
+                    "{digest} completed as {size} bytes but {} bytes are stored",
+                    other.map_or(0, |p| p.bytes)
+                )));
+            }
+        };
+        let record = BlobRecord { size, pieces, media_type: media_type.map(str::to_owned) };
+        batch.put(Table::Blobs, digest.as_bytes(), codec::encode_blob(&record));
+        next.blobs += 1;
+        next.blob_bytes += size;
+        self.commit(&mut totals, next, batch)?;
+        Ok(record)
+    }
+
+    fn discard_partial(&self, digest: &Digest) -> Result<(), StoreError> {
+        let mut totals = self.writer();
+        let Some(partial) = self.partial(digest)? else {
+            return Ok(());
+        };
+        let mut next = *totals;
+        let mut batch = Batch::default();
+        self.apply_refs(&mut batch, &mut next, Self::release(&partial.pieces))?;
+        batch.delete(Table::Partials, digest.as_bytes());
+        next.partial_blobs = next.partial_blobs.saturating_sub(1);
+        self.commit(&mut totals, next, batch)
+    }
+
+    fn remove_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let mut totals = self.writer();
+        let Some(record) = self.blob(digest)? else {
+            return Ok(false);
+        };
+        let mut next = *totals;
+        let mut batch = Batch::default();
+        self.apply_refs(&mut batch, &mut next, Self::release(&record.pieces))?;
+        batch.delete(Table::Blobs, digest.as_bytes());
+        next.blobs = next.blobs.saturating_sub(1);
+        next.blob_bytes = next.blob_bytes.saturating_sub(record.size);
+        self.commit(&mut totals, next, batch)?;
+        Ok(true)
+    }
+
+    fn set_tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &str,
+        record: &TagRecord,
+    ) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
+        batch.put(Table::Tags, &tag_key(upstream, repo, tag), codec::encode_tag(record));
+        self.engine.write(batch)
+    }
+
+    fn tag(&self, upstream: &str, repo: &RepoName, tag: &str) -> Result<Option<TagRecord>, StoreError> {
+        self.engine
+            .get(Table::Tags, &tag_key(upstream, repo, tag))?
+            .map(|v| codec::decode_tag(&format!("tag {upstream}/{repo}:{tag}"), &v))
+            .transpose()
+    }
+
+    fn totals(&self) -> Result<Totals, StoreError> {
+        Ok(*self.writer())
+    }
+}

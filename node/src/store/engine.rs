@@ -1,0 +1,76 @@
+//! The key-value engine under the content store: named tables, point reads, atomic
+//! batches. It knows nothing of blobs or pieces; [`super::content`] holds those rules.
+
+use super::StoreError;
+
+/// The tables the content store keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Piece id → piece bytes. Large values: RocksDB keeps them in blob files.
+    Pieces,
+    /// Piece id → reference count and size.
+    PieceRefs,
+    /// Digest → complete blob record.
+    Blobs,
+    /// Digest → partial blob record.
+    Partials,
+    /// upstream, repository and tag → tag record.
+    Tags,
+    /// Store-wide records (totals).
+    Meta,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Table; 6] = [
+        Table::Pieces,
+        Table::PieceRefs,
+        Table::Blobs,
+        Table::Partials,
+        Table::Tags,
+        Table::Meta,
+    ];
+
+    /// The table's name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Pieces => "pieces",
+            Table::PieceRefs => "piece_refs",
+            Table::Blobs => "blobs",
+            Table::Partials => "partials",
+            Table::Tags => "tags",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+/// Writes that land together or not at all.
+#[derive(Default)]
+pub struct Batch {
+    /// (table, key, value); `None` deletes the key.
+    pub ops: Vec<(Table, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// Sets `key` in `table` to `value`.
+    pub fn put(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
+        self.ops.push((table, key.to_vec(), Some(value)));
+    }
+
+    /// Deletes `key` from `table`.
+    pub fn delete(&mut self, table: Table, key: &[u8]) {
+        self.ops.push((table, key.to_vec(), None));
+    }
+}
+
+/// A key-value engine with tables and atomic batches.
+pub trait Engine: Send + Sync + 'static {
+    /// The value of `key` in `table`.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Applies every write in `batch` atomically.
+    fn write(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Every key in `table`, in order.
+    fn keys(&self, table: Table) -> Result<Vec<Vec<u8>>, StoreError>;
+}

@@ -1,0 +1,53 @@
+//! An in-memory engine, for tests: the content store's rules run over it unchanged.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::StoreError;
+use super::engine::{Batch, Engine, Table};
+
+/// Tables in ordered maps behind one lock.
+#[derive(Default)]
+pub struct MemoryEngine {
+    // A std Mutex: every section is a few map operations with no await inside.
+    tables: Mutex<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+}
+
+impl MemoryEngine {
+    /// An empty engine.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Table, Vec<u8>), Vec<u8>>> {
+        // A panic while holding the lock cannot leave a map half-updated (each
+        // operation is a single insert or remove), so a poisoned lock is still sound.
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tables().get(&(table, key.to_vec())).cloned())
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut tables = self.tables();
+        for (table, key, value) in batch.ops {
+            match value {
+                Some(v) => tables.insert((table, key), v),
+                None => tables.remove(&(table, key)),
+            };
+        }
+        Ok(())
+    }
+
+    fn keys(&self, table: Table) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .tables()
+            .range((table, Vec::new())..)
+            .take_while(|((t, _), _)| *t == table)
+            .map(|((_, k), _)| k.clone())
+            .collect())
+    }
+}

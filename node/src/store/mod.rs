@@ -1,0 +1,208 @@
+//! The content store: blobs kept as their exact bytes in BLAKE3-addressed pieces, plus
+//! what the node knows of tags.
+//!
+//! [`content::ContentStore`] keeps the store's rules (piece reference counts, partial
+//! and complete blobs, totals) over a small key-value [`engine::Engine`]. Only
+//! [`rocks`] touches RocksDB; [`memory`] is the same engine in memory for tests, and
+//! one suite (`suite.rs`) runs against both. Every method that changes the store is
+//! one atomic write, so a kill at any moment leaves a store that opens and is
+//! consistent: a blob is either complete (all its pieces present, its sha256 checked
+//! by the caller before [`Store::complete`]) or a resumable partial, never half of each.
+//!
+//! The store does not verify sha256 digests itself: it cannot know what a partial blob
+//! will turn into. It does keep piece reference counts, so that removing one blob never
+//! removes a piece another blob still uses.
+
+use shoal_protocol::{Digest, PIECE_SIZE, PieceId, RepoName};
+
+pub mod codec;
+pub mod content;
+pub mod engine;
+pub mod memory;
+pub mod rocks;
+#[cfg(test)]
+mod suite;
+
+/// A blob the store holds completely.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRecord {
+    /// Size in bytes.
+    pub size: u64,
+    /// Its pieces in order (see [`shoal_protocol::PieceLayout`]).
+    pub pieces: Vec<PieceId>,
+    /// For manifests: the media type to serve it with.
+    pub media_type: Option<String>,
+}
+
+/// A blob being fetched: the pieces stored so far, all full but possibly the last.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartialBlob {
+    /// Bytes stored so far.
+    pub bytes: u64,
+    /// Their pieces in order.
+    pub pieces: Vec<PieceId>,
+}
+
+impl PartialBlob {
+    /// Whether more pieces may follow (every piece so far is full).
+    pub fn open(&self) -> bool {
+        self.bytes == self.pieces.len() as u64 * PIECE_SIZE
+    }
+}
+
+/// What a tag resolved to when the node last asked the origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagRecord {
+    /// The manifest digest.
+    pub digest: Digest,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// When it was resolved, in seconds since the Unix epoch.
+    pub resolved_at: u64,
+}
+
+/// Running totals over the store, kept in the same writes that change it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Complete blobs (layers, configs and manifests).
+    pub blobs: u64,
+    /// Their bytes, as engines see them.
+    pub blob_bytes: u64,
+    /// Distinct pieces stored.
+    pub pieces: u64,
+    /// Bytes of distinct pieces stored.
+    pub piece_bytes: u64,
+    /// Blobs fetched in part and resumable.
+    pub partial_blobs: u64,
+}
+
+/// Why a store operation failed. Local failures only: bad data from the origin or a
+/// peer is the caller's to detect before anything reaches the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed (I/O error, full disk, corruption RocksDB detected).
+    #[error("store database error: {0}")]
+    Db(String),
+    /// The database is used by another process.
+    #[error("store at {path} is in use by another shoal process (or was left locked): {detail}")]
+    Locked {
+        /// The store's directory.
+        path: String,
+        /// What RocksDB said.
+        detail: String,
+    },
+    /// A stored record does not decode: the store was damaged or written by a newer shoal.
+    #[error("store record {key} is unreadable: {why}")]
+    BadRecord {
+        /// Which record.
+        key: String,
+        /// Why.
+        why: String,
+    },
+    /// The call does not fit the store's state (a piece appended out of order, a blob
+    /// completed with the wrong size). A bug in the caller, or two writers at once.
+    #[error("store conflict: {0}")]
+    Conflict(String),
+}
+
+/// The store's interface. Implementations are safe to share between threads; their
+/// methods block on disk I/O, so async callers run them on the blocking pool.
+pub trait Store: Send + Sync + 'static {
+    /// The complete blob `digest`, if held.
+    fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, StoreError>;
+
+    /// The bytes of piece `id`, if held, as stored (callers verify them with
+    /// [`PieceId::matches`] before use; see [`read_piece`]).
+    fn piece(&self, id: &PieceId) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The partial blob `digest`, if a fetch of it was begun and not finished.
+    fn partial(&self, digest: &Digest) -> Result<Option<PartialBlob>, StoreError>;
+
+    /// Digests of every partial blob.
+    fn partials(&self) -> Result<Vec<Digest>, StoreError>;
+
+    /// Stores `bytes` as piece number `index` of partial blob `digest`, creating the
+    /// partial at index 0. `index` must be the partial's piece count and the partial
+    /// must be open (no short piece yet). Returns the piece's id.
+    fn append_piece(&self, digest: &Digest, index: u64, bytes: &[u8]) -> Result<PieceId, StoreError>;
+
+    /// Turns partial blob `digest` into a complete blob of `size` bytes. The caller has
+    /// checked its sha256. A blob already complete is left as it is.
+    fn complete(
+        &self,
+        digest: &Digest,
+        size: u64,
+        media_type: Option<&str>,
+    ) -> Result<BlobRecord, StoreError>;
+
+    /// Drops partial blob `digest` and the pieces only it used.
+    fn discard_partial(&self, digest: &Digest) -> Result<(), StoreError>;
+
+    /// Drops complete blob `digest` and the pieces only it used. Returns whether it was held.
+    fn remove_blob(&self, digest: &Digest) -> Result<bool, StoreError>;
+
+    /// Records what `repo:tag` at `upstream` resolved to.
+    fn set_tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &str,
+        record: &TagRecord,
+    ) -> Result<(), StoreError>;
+
+    /// What `repo:tag` at `upstream` last resolved to.
+    fn tag(&self, upstream: &str, repo: &RepoName, tag: &str) -> Result<Option<TagRecord>, StoreError>;
+
+    /// Totals over the store.
+    fn totals(&self) -> Result<Totals, StoreError>;
+
+    /// Stores a small blob held whole in memory (a manifest or config) whose sha256 the
+    /// caller has checked. A crash midway leaves a partial, which the next call replaces.
+    fn put_blob(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+        media_type: Option<&str>,
+    ) -> Result<BlobRecord, StoreError> {
+        if let Some(done) = self.blob(digest)? {
+            return Ok(done);
+        }
+        self.discard_partial(digest)?;
+        for (index, piece) in bytes.chunks(PIECE_SIZE as usize).enumerate() {
+            self.append_piece(digest, index as u64, piece)?;
+        }
+        self.complete(digest, bytes.len() as u64, media_type)
+    }
+}
+
+/// Why a piece could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PieceReadError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A piece a record names is not in the store.
+    #[error("piece {0} is missing from the store")]
+    Missing(PieceId),
+    /// The stored bytes do not hash to the piece's id: damage on disk.
+    #[error("piece {0} is damaged on disk (its BLAKE3 hash does not match)")]
+    Damaged(PieceId),
+}
+
+/// Reads piece `id` and checks it against its id, so that damage on disk is never
+/// served. (BLAKE3 runs at several GiB/s; the check costs little beside the read.)
+pub fn read_piece(store: &dyn Store, id: &PieceId) -> Result<Vec<u8>, PieceReadError> {
+    let bytes = store.piece(id)?.ok_or(PieceReadError::Missing(*id))?;
+    if !id.matches(&bytes) {
+        return Err(PieceReadError::Damaged(*id));
+    }
+    Ok(bytes)
+}
+
+/// Seconds since the Unix epoch, for records that say when something happened.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

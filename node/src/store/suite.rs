@@ -1,0 +1,170 @@
+//! One suite for every engine: the store's rules must hold whatever is underneath.
+
+use shoal_protocol::{Digest, PIECE_SIZE, RepoName};
+
+use super::content::ContentStore;
+use super::memory::MemoryEngine;
+use super::rocks::RocksEngine;
+use super::{Store, StoreError, TagRecord, read_piece};
+
+fn stores() -> Vec<(&'static str, Box<dyn Store>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = ContentStore::new(RocksEngine::open(dir.path(), false).unwrap()).unwrap();
+    vec![
+        ("memory", Box::new(ContentStore::new(MemoryEngine::new()).unwrap()), None),
+        ("rocksdb", Box::new(rocks), Some(dir)),
+    ]
+}
+
+/// Bytes that do not repeat within a blob (so that its pieces differ).
+fn blob(len: usize, seed: u8) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn put_then_read_back_every_size_around_piece_boundaries() {
+    let p = PIECE_SIZE as usize;
+    for (name, store, _dir) in stores() {
+        for (seed, len) in [0, 1, p - 1, p, p + 1, 2 * p + 7].into_iter().enumerate() {
+            let bytes = blob(len, seed as u8);
+            let d = Digest::of(&bytes);
+            let rec = store.put_blob(&d, &bytes, None).unwrap();
+            assert_eq!(rec.size, len as u64, "{name}");
+            let mut back = Vec::new();
+            for id in &store.blob(&d).unwrap().unwrap().pieces {
+                back.extend(read_piece(store.as_ref(), id).unwrap());
+            }
+            assert_eq!(back, bytes, "{name} len {len}");
+        }
+        let t = store.totals().unwrap();
+        assert_eq!(t.blobs, 6, "{name}");
+        assert_eq!(t.partial_blobs, 0, "{name}");
+    }
+}
+
+#[test]
+fn shared_pieces_survive_removal_of_one_blob() {
+    for (name, store, _dir) in stores() {
+        // Two blobs whose first piece is the same bytes.
+        let head = blob(PIECE_SIZE as usize, 1);
+        let a = [head.clone(), b"tail a".to_vec()].concat();
+        let b = [head, b"tail b".to_vec()].concat();
+        let (da, db) = (Digest::of(&a), Digest::of(&b));
+        store.put_blob(&da, &a, None).unwrap();
+        store.put_blob(&db, &b, None).unwrap();
+        assert_eq!(store.totals().unwrap().pieces, 3, "{name}");
+        assert!(store.remove_blob(&da).unwrap());
+        assert!(!store.remove_blob(&da).unwrap());
+        let rec = store.blob(&db).unwrap().unwrap();
+        for id in &rec.pieces {
+            read_piece(store.as_ref(), id).unwrap();
+        }
+        let t = store.totals().unwrap();
+        assert_eq!((t.blobs, t.pieces, t.blob_bytes), (1, 2, b.len() as u64), "{name}");
+        store.remove_blob(&db).unwrap();
+        assert_eq!(store.totals().unwrap(), Default::default(), "{name}");
+    }
+}
+
+#[test]
+fn a_blob_with_a_repeated_piece_is_counted_twice_and_released_twice() {
+    for (name, store, _dir) in stores() {
+        let bytes = vec![0u8; 3 * PIECE_SIZE as usize];
+        let d = Digest::of(&bytes);
+        store.put_blob(&d, &bytes, None).unwrap();
+        assert_eq!(store.totals().unwrap().pieces, 1, "{name}");
+        store.remove_blob(&d).unwrap();
+        assert_eq!(store.totals().unwrap(), Default::default(), "{name}");
+    }
+}
+
+#[test]
+fn partials_resume_in_order_and_discard_cleanly() {
+    for (name, store, _dir) in stores() {
+        let d = Digest::of(b"whatever");
+        let piece = blob(PIECE_SIZE as usize, 3);
+        store.append_piece(&d, 0, &piece).unwrap();
+        let err = store.append_piece(&d, 5, &piece).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{name}");
+        store.append_piece(&d, 1, b"short").unwrap();
+        // After a short piece nothing more may follow.
+        assert!(store.append_piece(&d, 2, b"more").is_err(), "{name}");
+        let p = store.partial(&d).unwrap().unwrap();
+        assert_eq!(p.bytes, PIECE_SIZE + 5, "{name}");
+        assert_eq!(store.partials().unwrap(), vec![d], "{name}");
+        // Completing with the wrong size is refused and changes nothing.
+        assert!(store.complete(&d, 1, None).is_err(), "{name}");
+        store.discard_partial(&d).unwrap();
+        assert_eq!(store.totals().unwrap(), Default::default(), "{name}");
+        assert!(store.partial(&d).unwrap().is_none(), "{name}");
+    }
+}
+
+#[test]
+fn completing_an_already_complete_blob_releases_the_second_copy() {
+    for (name, store, _dir) in stores() {
+        let bytes = blob(100, 9);
+        let d = Digest::of(&bytes);
+        store.append_piece(&d, 0, &bytes).unwrap();
+        store.complete(&d, 100, Some("x/y")).unwrap();
+        store.append_piece(&d, 0, &bytes).unwrap();
+        let rec = store.complete(&d, 100, None).unwrap();
+        assert_eq!(rec.media_type.as_deref(), Some("x/y"), "{name}");
+        let t = store.totals().unwrap();
+        assert_eq!((t.blobs, t.pieces, t.partial_blobs), (1, 1, 0), "{name}");
+    }
+}
+
+#[test]
+fn tags_are_kept_per_upstream() {
+    for (name, store, _dir) in stores() {
+        let repo = RepoName::parse("app").unwrap();
+        let rec = TagRecord { digest: Digest::of(b"m"), media_type: "t".into(), resolved_at: 1 };
+        store.set_tag("a:5000", &repo, "v1", &rec).unwrap();
+        assert_eq!(store.tag("a:5000", &repo, "v1").unwrap(), Some(rec), "{name}");
+        assert_eq!(store.tag("b:5000", &repo, "v1").unwrap(), None, "{name}");
+    }
+}
+
+#[test]
+fn damaged_piece_is_never_returned() {
+    use super::engine::{Batch, Engine as _, Table};
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::new(RocksEngine::open(dir.path(), false).unwrap()).unwrap();
+    let bytes = blob(5000, 4);
+    let d = Digest::of(&bytes);
+    let rec = store.put_blob(&d, &bytes, None).unwrap();
+    // Damage the piece's bytes behind the store's rules, as a bad disk would.
+    let mut batch = Batch::default();
+    batch.put(Table::Pieces, &rec.pieces[0].0, blob(5000, 5));
+    store.engine().write(batch).unwrap();
+    let err = read_piece(&store, &rec.pieces[0]).unwrap_err();
+    assert!(matches!(err, super::PieceReadError::Damaged(_)), "{err}");
+}
+
+#[test]
+fn reopened_rocksdb_store_keeps_blobs_and_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = blob(3 * PIECE_SIZE as usize + 11, 7);
+    let d = Digest::of(&bytes);
+    {
+        let store = ContentStore::new(RocksEngine::open(dir.path(), false).unwrap()).unwrap();
+        store.put_blob(&d, &bytes, None).unwrap();
+        store.append_piece(&Digest::of(b"p"), 0, &bytes[..PIECE_SIZE as usize]).unwrap();
+    }
+    let store = ContentStore::new(RocksEngine::open(dir.path(), false).unwrap()).unwrap();
+    let t = store.totals().unwrap();
+    assert_eq!((t.blobs, t.blob_bytes, t.partial_blobs), (1, bytes.len() as u64, 1));
+    // The partial shares its piece with the complete blob.
+    assert_eq!(t.pieces, 4);
+    let locked = RocksEngine::open(dir.path(), false).err().unwrap();
+    assert!(matches!(locked, StoreError::Locked { .. }), "{locked}");
+}
