@@ -160,9 +160,11 @@ impl Manifests {
     }
 }
 
-/// The `Accept` sent upstream: the client's, or every manifest type shoal serves.
+/// The `Accept` sent upstream: the client's when it names a manifest type, otherwise
+/// every type shoal serves (a bare `*/*` makes some registries fall back to schema 1,
+/// which no current engine wants).
 fn accept_header(client: Option<&str>) -> String {
-    match client.map(str::trim).filter(|a| !a.is_empty()) {
+    match client.filter(|a| MANIFEST_TYPES.iter().any(|t| a.contains(t))) {
         Some(a) => a.to_owned(),
         None => MANIFEST_TYPES.join(", "),
     }

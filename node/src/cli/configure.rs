@@ -36,8 +36,8 @@ pub struct ConfigureArgs {
     node: Option<String>,
     /// Only this registry (as engines name it, host[:port]); repeatable. Default: the
     /// node's default upstream and every configured one.
-    #[arg(long = "registry", value_name = "HOST")]
-    registries: Vec<String>,
+    #[arg(long = "only", value_name = "HOST")]
+    only: Vec<String>,
     /// containerd: write DIR/<registry>/hosts.toml instead of printing.
     #[arg(long, value_name = "DIR")]
     write: Option<PathBuf>,
@@ -64,14 +64,14 @@ pub fn run(args: &ConfigureArgs) -> anyhow::Result<()> {
         Some(p) => format!("{}:{p}", node_url.host_str().unwrap_or_default()),
         None => node_url.host_str().unwrap_or_default().to_owned(),
     };
-    let hosts: Vec<String> = if args.registries.is_empty() {
+    let hosts: Vec<String> = if args.only.is_empty() {
         let mut h: Vec<String> = config.upstreams.keys().cloned().collect();
         if !h.contains(&config.default_upstream) {
             h.insert(0, config.default_upstream.clone());
         }
         h
     } else {
-        args.registries.clone()
+        args.only.clone()
     };
     let upstreams = hosts.iter().map(|h| config.upstream(Some(h))).collect::<anyhow::Result<Vec<_>>>()?;
     let node_insecure = node_url.scheme() == "http";

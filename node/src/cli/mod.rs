@@ -76,7 +76,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -104,4 +107,12 @@ fn print_stats(s: &StatsSnapshot) {
     println!("store:   {} blobs, {:.1} MiB ({} pieces, {:.1} MiB on disk), {} partial", s.blobs, mib(s.blob_bytes), s.pieces, mib(s.piece_bytes), s.partial_blobs);
     println!("origin:  {:.1} MiB received, {} blob fetches, {} digest mismatches", mib(s.bytes_from_origin), s.origin_fetches, s.digest_mismatches);
     println!("clients: {:.1} MiB served, {} blobs, {} manifests", mib(s.bytes_served), s.blobs_served, s.manifests_served);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

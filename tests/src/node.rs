@@ -1,0 +1,151 @@
+//! A `shoal node` process, built from this workspace and started with its own data
+//! directory and port.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::process::{Daemon, free_port, run, wait_for_port};
+
+/// The `shoal` binary of this workspace, built (once per test process) in the profile
+/// the tests run in, so a test never runs a stale binary.
+pub fn shoal_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_shoal().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_shoal() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // <target>/<profile>/deps/<test binary> (tests) or <target>/<profile>/<binary> (bench).
+    let mut profile_dir = exe.parent().context("exe has a directory")?.to_owned();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
+    let release = profile_dir.ends_with("release");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace).args(["build", "-q", "-p", "shoal-node", "--bin", "shoal"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd, Duration::from_secs(1800)).context("building the shoal binary")?;
+    let bin = profile_dir.join("shoal");
+    if !bin.is_file() {
+        bail!("built shoal but {} is not there", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A running node.
+pub struct Node {
+    /// `127.0.0.1:PORT` of its mirror.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    daemon: Option<Daemon>,
+}
+
+impl Node {
+    /// Starts a node with data under `dir/node` (or `dir/<name>`), upstream `upstream`,
+    /// and `extra` flags.
+    pub fn start(dir: &Path, upstream: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_named(dir, "node", upstream, extra)
+    }
+
+    /// Like [`Node::start`], with a name for its directory and log.
+    pub fn start_named(dir: &Path, name: &str, upstream: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let data_dir = dir.join(name);
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--upstream".into(),
+            upstream.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut node = Node { addr, data_dir, args, log: dir.join(format!("{name}.log")), daemon: None };
+        node.launch()?;
+        Ok(node)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(shoal_binary()?);
+        cmd.args(&self.args).env("RUST_LOG", "info,shoal_node=debug");
+        let mut daemon = Daemon::spawn("shoal node", &mut cmd, &self.log)?;
+        wait_for_port(&mut daemon, &self.addr, Duration::from_secs(30))?;
+        self.daemon = Some(daemon);
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `shoal stats --json` against this node.
+    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        let out = run(
+            Command::new(shoal_binary()?).args(["stats", "--json", "--node", &self.url()]),
+            Duration::from_secs(20),
+        )?;
+        serde_json::from_slice(&out.stdout).context("shoal stats --json printed no JSON")
+    }
+
+    /// One counter from [`Node::stats`].
+    pub fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        self.stats()?[name].as_u64().with_context(|| format!("shoal stats has no {name}"))
+    }
+
+    /// `shoal configure ENGINE ...` with this node's upstream flags.
+    pub fn configure(&self, engine: &str, extra: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(shoal_binary()?);
+        cmd.args(["configure", engine, "--node", &self.url()]);
+        // Pass the same upstream settings the node runs with.
+        let mut it = self.args.iter().skip(1);
+        while let Some(a) = it.next() {
+            if a == "--upstream" || a == "--registry" || a == "--config" {
+                cmd.arg(a).arg(it.next().context("flag value")?);
+            }
+        }
+        cmd.args(extra);
+        let out = run(&mut cmd, Duration::from_secs(20))?;
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// SIGKILL: the crash a store must survive.
+    pub fn kill9(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.kill();
+        }
+    }
+
+    /// Starts the node again with the same flags and data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.launch()
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Its whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
