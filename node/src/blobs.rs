@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -134,7 +135,15 @@ pub struct Blobs {
     // lookup; never across an await. Holding it over the lookup is what keeps a second
     // fetch from starting between a fetch's completion and its removal from the map.
     inflight: Mutex<HashMap<Digest, watch::Receiver<FetchState>>>,
+    /// Blobs whose origin bytes failed verification lately, with the error: a retry
+    /// within [`FAILURE_MEMORY`] gets the clear error at once instead of a second cut
+    /// stream, and the origin is not asked again for bytes known to be bad.
+    // std Mutex: map operations only.
+    failures: Mutex<HashMap<Digest, (Instant, Arc<BlobError>)>>,
 }
+
+/// How long a verification failure is remembered.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(30);
 
 /// A blob ready to be read: held, or on its way.
 pub struct OpenBlob {
@@ -159,7 +168,15 @@ impl Blobs {
         max_blob_size: u64,
         stall_timeout: std::time::Duration,
     ) -> Self {
-        Blobs { store, origin, stats, max_blob_size, stall_timeout, inflight: Mutex::new(HashMap::new()) }
+        Blobs {
+            store,
+            origin,
+            stats,
+            max_blob_size,
+            stall_timeout,
+            inflight: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The size of blob `digest` if the node holds it or is fetching it.
@@ -175,6 +192,9 @@ impl Blobs {
     /// Opens blob `digest` for reading, starting a fetch from `source` if the node
     /// lacks it. Returns once the blob's size is known.
     pub async fn open(self: &Arc<Self>, source: &Source, digest: Digest) -> Result<OpenBlob, BlobError> {
+        if let Some(e) = self.recent_failure(&digest) {
+            return Err(clone_err(&e));
+        }
         let mut rx = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(rx) = inflight.get(&digest) {
@@ -191,11 +211,13 @@ impl Blobs {
         let state = wait_for(&mut rx, |s| s.size.is_some()).await;
         match (state.size, state.outcome) {
             (_, Outcome::Failed(e)) => Err(clone_err(&e)),
-            (Some(0), Outcome::Running) => {
-                // An empty blob has no last piece to hold back: wait for the verdict.
+            (Some(size), Outcome::Running) if size <= PIECE_SIZE => {
+                // A blob of one piece (configs, small layers) would be held back whole
+                // anyway; waiting for the verdict lets a bad one get a clean error
+                // status instead of a cut response.
                 match wait_for(&mut rx, |_| false).await.outcome {
                     Outcome::Failed(e) => Err(clone_err(&e)),
-                    _ => Ok(self.opened(digest, 0, OpenSource::Fetching(rx))),
+                    _ => Ok(self.opened(digest, size, OpenSource::Fetching(rx))),
                 }
             }
             (Some(size), _) => Ok(self.opened(digest, size, OpenSource::Fetching(rx))),
@@ -208,6 +230,12 @@ impl Blobs {
                 Ok(self.opened(digest, record.size, OpenSource::Stored(record)))
             }
         }
+    }
+
+    fn recent_failure(&self, digest: &Digest) -> Option<Arc<BlobError>> {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.retain(|_, (at, _)| at.elapsed() < FAILURE_MEMORY);
+        failures.get(digest).map(|(_, e)| Arc::clone(e))
     }
 
     fn opened(&self, digest: Digest, size: u64, source: OpenSource) -> OpenBlob {
@@ -224,12 +252,18 @@ impl Blobs {
         // Remove from the map before announcing the outcome: a request that arrives
         // after this finds the completed blob in the store, or starts a fresh fetch.
         self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
-        tx.send_modify(|s| {
-            s.outcome = match result {
-                Ok(()) => Outcome::Complete,
-                Err(e) => Outcome::Failed(Arc::new(e)),
+        let outcome = match result {
+            Ok(()) => Outcome::Complete,
+            Err(e) => {
+                let e = Arc::new(e);
+                if matches!(*e, BlobError::DigestMismatch { .. } | BlobError::Overlong { .. }) {
+                    let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+                    failures.insert(digest, (Instant::now(), Arc::clone(&e)));
+                }
+                Outcome::Failed(e)
             }
-        });
+        };
+        tx.send_modify(|s| s.outcome = outcome);
     }
 
     async fn fetch_inner(&self, source: &Source, digest: &Digest, tx: &watch::Sender<FetchState>) -> Result<(), BlobError> {
@@ -384,6 +418,7 @@ fn clone_err(e: &BlobError) -> BlobError {
             content_type: content_type.clone(),
         }),
         BlobError::TooLarge { digest, size, limit } => BlobError::TooLarge { digest: *digest, size: *size, limit: *limit },
+        BlobError::Overlong { origin, digest, size } => BlobError::Overlong { origin: origin.clone(), digest: *digest, size: *size },
         other => BlobError::Internal(other.to_string()),
     }
 }

@@ -45,7 +45,7 @@ fn build_shoal() -> anyhow::Result<PathBuf> {
 
 /// A running node.
 pub struct Node {
-    /// `127.0.0.1:PORT` of its mirror.
+    /// `IP:PORT` of its mirror (`127.0.0.1:PORT` unless started with [`Node::start_on`]).
     pub addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
@@ -63,7 +63,13 @@ impl Node {
 
     /// Like [`Node::start`], with a name for its directory and log.
     pub fn start_named(dir: &Path, name: &str, upstream: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let addr = format!("127.0.0.1:{}", free_port());
+        Self::start_on(dir, name, &format!("127.0.0.1:{}", free_port()), upstream, extra)
+    }
+
+    /// Like [`Node::start_named`], listening on `listen` (`IP:PORT`), e.g. the host end
+    /// of a veth pair that engines in a network namespace reach it through.
+    pub fn start_on(dir: &Path, name: &str, listen: &str, upstream: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let addr = listen.to_owned();
         let data_dir = dir.join(name);
         let mut args: Vec<String> = vec![
             "node".into(),
