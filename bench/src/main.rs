@@ -1,1 +1,29 @@
-fn main() {}
+//! `shoal-bench`: whole-system figures from real processes, each beside its baseline
+//! measured in the same run. See README.md for the commands and the last results.
+
+#![forbid(unsafe_code)]
+
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// shoal's benchmark CLI.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve and ingest throughput of one large layer on loopback, beside curl from the
+    /// docker-registry origin.
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => serve::run(&args),
+    }
+}

@@ -48,7 +48,9 @@ pub enum BlobError {
     #[error(transparent)]
     Origin(#[from] OriginError),
     /// The origin's bytes do not hash to the digest asked for.
-    #[error("origin {origin} sent bytes for {expected} that hash to {actual}; nothing of them was kept")]
+    #[error(
+        "origin {origin} sent bytes for {expected} that hash to {actual}; nothing of them was kept"
+    )]
     DigestMismatch {
         /// Which upstream.
         origin: String,
@@ -58,7 +60,9 @@ pub enum BlobError {
         actual: Digest,
     },
     /// The origin sent more bytes than the size it announced.
-    #[error("origin {origin} sent more than the {size} bytes it announced for {digest}; nothing of them was kept")]
+    #[error(
+        "origin {origin} sent more than the {size} bytes it announced for {digest}; nothing of them was kept"
+    )]
     Overlong {
         /// Which upstream.
         origin: String,
@@ -68,7 +72,9 @@ pub enum BlobError {
         size: u64,
     },
     /// The origin's response ended early or stalled; what arrived is kept to resume.
-    #[error("origin {origin} stopped sending {digest} after {got} of {size} bytes ({why}); the next request resumes there")]
+    #[error(
+        "origin {origin} stopped sending {digest} after {got} of {size} bytes ({why}); the next request resumes there"
+    )]
     Interrupted {
         /// Which upstream.
         origin: String,
@@ -181,7 +187,12 @@ impl Blobs {
 
     /// The size of blob `digest` if the node holds it or is fetching it.
     pub fn known_size(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
-        if let Some(rx) = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).get(digest) {
+        if let Some(rx) = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+        {
             if let Some(size) = rx.borrow().size {
                 return Ok(Some(size));
             }
@@ -191,7 +202,11 @@ impl Blobs {
 
     /// Opens blob `digest` for reading, starting a fetch from `source` if the node
     /// lacks it. Returns once the blob's size is known.
-    pub async fn open(self: &Arc<Self>, source: &Source, digest: Digest) -> Result<OpenBlob, BlobError> {
+    pub async fn open(
+        self: &Arc<Self>,
+        source: &Source,
+        digest: Digest,
+    ) -> Result<OpenBlob, BlobError> {
         if let Some(e) = self.recent_failure(&digest) {
             return Err(clone_err(&e));
         }
@@ -202,7 +217,11 @@ impl Blobs {
             } else if let Some(record) = self.store.blob(&digest)? {
                 return Ok(self.opened(digest, record.size, OpenSource::Stored(record)));
             } else {
-                let (tx, rx) = watch::channel(FetchState { size: None, pieces: Vec::new(), outcome: Outcome::Running });
+                let (tx, rx) = watch::channel(FetchState {
+                    size: None,
+                    pieces: Vec::new(),
+                    outcome: Outcome::Running,
+                });
                 inflight.insert(digest, rx.clone());
                 tokio::spawn(Arc::clone(self).fetch(source.clone(), digest, tx));
                 rx
@@ -225,7 +244,9 @@ impl Blobs {
                 // The fetch finished before saying a size: it completed (an empty
                 // fetch cannot fail silently), so the store has it.
                 let record = self.store.blob(&digest)?.ok_or_else(|| {
-                    BlobError::Internal(format!("fetch of {digest} ended without a size or an error"))
+                    BlobError::Internal(format!(
+                        "fetch of {digest} ended without a size or an error"
+                    ))
                 })?;
                 Ok(self.opened(digest, record.size, OpenSource::Stored(record)))
             }
@@ -239,24 +260,40 @@ impl Blobs {
     }
 
     fn opened(&self, digest: Digest, size: u64, source: OpenSource) -> OpenBlob {
-        OpenBlob { digest, size, source, store: Arc::clone(&self.store), stats: Arc::clone(&self.stats) }
+        OpenBlob {
+            digest,
+            size,
+            source,
+            store: Arc::clone(&self.store),
+            stats: Arc::clone(&self.stats),
+        }
     }
 
     async fn fetch(self: Arc<Self>, source: Source, digest: Digest, tx: watch::Sender<FetchState>) {
         Stats::add(&self.stats.origin_fetches, 1);
         let result = self.fetch_inner(&source, &digest, &tx).await;
         match &result {
-            Ok(()) => tracing::info!(%digest, repo = %source.repo, upstream = %source.upstream.host, "blob fetched and verified"),
-            Err(e) => tracing::warn!(%digest, repo = %source.repo, upstream = %source.upstream.host, "blob fetch failed: {e}"),
+            Ok(()) => {
+                tracing::info!(%digest, repo = %source.repo, upstream = %source.upstream.host, "blob fetched and verified")
+            }
+            Err(e) => {
+                tracing::warn!(%digest, repo = %source.repo, upstream = %source.upstream.host, "blob fetch failed: {e}")
+            }
         }
         // Remove from the map before announcing the outcome: a request that arrives
         // after this finds the completed blob in the store, or starts a fresh fetch.
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&digest);
         let outcome = match result {
             Ok(()) => Outcome::Complete,
             Err(e) => {
                 let e = Arc::new(e);
-                if matches!(*e, BlobError::DigestMismatch { .. } | BlobError::Overlong { .. }) {
+                if matches!(
+                    *e,
+                    BlobError::DigestMismatch { .. } | BlobError::Overlong { .. }
+                ) {
                     let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
                     failures.insert(digest, (Instant::now(), Arc::clone(&e)));
                 }
@@ -266,10 +303,18 @@ impl Blobs {
         tx.send_modify(|s| s.outcome = outcome);
     }
 
-    async fn fetch_inner(&self, source: &Source, digest: &Digest, tx: &watch::Sender<FetchState>) -> Result<(), BlobError> {
+    async fn fetch_inner(
+        &self,
+        source: &Source,
+        digest: &Digest,
+        tx: &watch::Sender<FetchState>,
+    ) -> Result<(), BlobError> {
         let origin = source.upstream.host.clone();
         let (mut hasher, mut pieces, mut have) = self.resume(digest).await?;
-        let reply = self.origin.blob(&source.upstream, &source.repo, digest, have).await?;
+        let reply = self
+            .origin
+            .blob(&source.upstream, &source.repo, digest, have)
+            .await?;
         if reply.start != have {
             // The origin ignored the range: start over.
             self.blocking({
@@ -281,11 +326,19 @@ impl Blobs {
         }
         let size = reply.total;
         if size > self.max_blob_size {
-            return Err(BlobError::TooLarge { digest: *digest, size, limit: self.max_blob_size });
+            return Err(BlobError::TooLarge {
+                digest: *digest,
+                size,
+                limit: self.max_blob_size,
+            });
         }
         if have > size {
             self.discard(digest).await?;
-            return Err(BlobError::Overlong { origin, digest: *digest, size });
+            return Err(BlobError::Overlong {
+                origin,
+                digest: *digest,
+                size,
+            });
         }
         tx.send_modify(|s| {
             s.size = Some(size);
@@ -293,41 +346,67 @@ impl Blobs {
         });
         let mut body = reply.response.bytes_stream();
         let mut buf = BytesMut::with_capacity(PIECE_SIZE as usize);
-        let interrupted = |got: u64, why: String| BlobError::Interrupted { origin: origin.clone(), digest: *digest, got, size, why };
+        let interrupted = |got: u64, why: String| BlobError::Interrupted {
+            origin: origin.clone(),
+            digest: *digest,
+            got,
+            size,
+            why,
+        };
         loop {
             let next = match tokio::time::timeout(self.stall_timeout, body.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    return Err(interrupted(have, format!("nothing for {} s", crate::origin::secs(self.stall_timeout))));
+                    return Err(interrupted(
+                        have,
+                        format!("nothing for {} s", crate::origin::secs(self.stall_timeout)),
+                    ));
                 }
             };
             let chunk = match next {
                 None => break,
                 Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => return Err(interrupted(have, crate::origin::unreachable(&origin, &e).to_string())),
+                Some(Err(e)) => {
+                    return Err(interrupted(
+                        have,
+                        crate::origin::unreachable(&origin, &e).to_string(),
+                    ));
+                }
             };
             Stats::add(&self.stats.bytes_from_origin, chunk.len() as u64);
             if have + (buf.len() + chunk.len()) as u64 > size {
                 self.discard(digest).await?;
-                return Err(BlobError::Overlong { origin, digest: *digest, size });
+                return Err(BlobError::Overlong {
+                    origin,
+                    digest: *digest,
+                    size,
+                });
             }
             buf.extend_from_slice(&chunk);
             while buf.len() >= PIECE_SIZE as usize {
                 let piece = buf.split_to(PIECE_SIZE as usize).freeze();
-                have += self.store_piece(digest, &mut hasher, &mut pieces, piece, tx).await?;
+                have += self
+                    .store_piece(digest, &mut hasher, &mut pieces, piece, tx)
+                    .await?;
             }
         }
         if have + (buf.len() as u64) < size {
             return Err(interrupted(have, "the response ended early".into()));
         }
         if !buf.is_empty() {
-            have += self.store_piece(digest, &mut hasher, &mut pieces, buf.freeze(), tx).await?;
+            have += self
+                .store_piece(digest, &mut hasher, &mut pieces, buf.freeze(), tx)
+                .await?;
         }
         let actual = hasher.finish();
         if actual != *digest {
             Stats::add(&self.stats.digest_mismatches, 1);
             self.discard(digest).await?;
-            return Err(BlobError::DigestMismatch { origin, expected: *digest, actual });
+            return Err(BlobError::DigestMismatch {
+                origin,
+                expected: *digest,
+                actual,
+            });
         }
         let d = *digest;
         self.blocking(move |s| s.complete(&d, have, None)).await?;
@@ -336,7 +415,10 @@ impl Blobs {
 
     /// Picks up a partial blob a previous fetch (or process) left: re-reads its pieces
     /// to rebuild the sha256 state. A damaged partial is dropped.
-    async fn resume(&self, digest: &Digest) -> Result<(DigestHasher, Vec<PieceId>, u64), BlobError> {
+    async fn resume(
+        &self,
+        digest: &Digest,
+    ) -> Result<(DigestHasher, Vec<PieceId>, u64), BlobError> {
         let d = *digest;
         let store = Arc::clone(&self.store);
         let resumed = tokio::task::spawn_blocking(move || -> Result<_, BlobError> {
@@ -381,7 +463,9 @@ impl Blobs {
     ) -> Result<u64, BlobError> {
         hasher.update(&piece);
         let (d, index, len) = (*digest, pieces.len() as u64, piece.len() as u64);
-        let id = self.blocking(move |s| s.append_piece(&d, index, &piece)).await?;
+        let id = self
+            .blocking(move |s| s.append_piece(&d, index, &piece))
+            .await?;
         pieces.push(id);
         tx.send_modify(|s| s.pieces.push(id));
         Ok(len)
@@ -408,23 +492,53 @@ fn clone_err(e: &BlobError) -> BlobError {
     // Subscribers each need an owned error; keep the variant where it matters to the
     // HTTP status, and the message always.
     match e {
-        BlobError::DigestMismatch { origin, expected, actual } => {
-            BlobError::DigestMismatch { origin: origin.clone(), expected: *expected, actual: *actual }
-        }
-        BlobError::Origin(OriginError::Status { url, status, body, content_type }) => BlobError::Origin(OriginError::Status {
+        BlobError::DigestMismatch {
+            origin,
+            expected,
+            actual,
+        } => BlobError::DigestMismatch {
+            origin: origin.clone(),
+            expected: *expected,
+            actual: *actual,
+        },
+        BlobError::Origin(OriginError::Status {
+            url,
+            status,
+            body,
+            content_type,
+        }) => BlobError::Origin(OriginError::Status {
             url: url.clone(),
             status: *status,
             body: body.clone(),
             content_type: content_type.clone(),
         }),
-        BlobError::TooLarge { digest, size, limit } => BlobError::TooLarge { digest: *digest, size: *size, limit: *limit },
-        BlobError::Overlong { origin, digest, size } => BlobError::Overlong { origin: origin.clone(), digest: *digest, size: *size },
+        BlobError::TooLarge {
+            digest,
+            size,
+            limit,
+        } => BlobError::TooLarge {
+            digest: *digest,
+            size: *size,
+            limit: *limit,
+        },
+        BlobError::Overlong {
+            origin,
+            digest,
+            size,
+        } => BlobError::Overlong {
+            origin: origin.clone(),
+            digest: *digest,
+            size: *size,
+        },
         other => BlobError::Internal(other.to_string()),
     }
 }
 
 /// Waits until `ready` holds or the fetch is over; returns the state then.
-async fn wait_for(rx: &mut watch::Receiver<FetchState>, ready: impl Fn(&FetchState) -> bool) -> FetchState {
+async fn wait_for(
+    rx: &mut watch::Receiver<FetchState>,
+    ready: impl Fn(&FetchState) -> bool,
+) -> FetchState {
     loop {
         {
             let s = rx.borrow_and_update();
@@ -448,7 +562,10 @@ impl OpenBlob {
     /// The bytes in `range`, piece by piece. For a blob still being fetched, the last
     /// piece comes only after the blob's sha256 matched (see the module docs); any
     /// failure ends the stream with an error, which cuts the response short.
-    pub fn stream(self, range: ByteRange) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    pub fn stream(
+        self,
+        range: ByteRange,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         let layout = PieceLayout::new(self.size);
         let (first, last) = if range.start < range.end {
             (layout.index_of(range.start), layout.index_of(range.end - 1))
@@ -481,10 +598,9 @@ impl OpenBlob {
 
     async fn piece(&mut self, index: u64, count: u64) -> Result<Bytes, BlobError> {
         let id = match &mut self.source {
-            OpenSource::Stored(record) => *record
-                .pieces
-                .get(index as usize)
-                .ok_or_else(|| BlobError::Internal(format!("{} has no piece {index}", self.digest)))?,
+            OpenSource::Stored(record) => *record.pieces.get(index as usize).ok_or_else(|| {
+                BlobError::Internal(format!("{} has no piece {index}", self.digest))
+            })?,
             OpenSource::Fetching(rx) => {
                 let is_last = index + 1 == count;
                 let state = wait_for(rx, |s| (s.pieces.len() as u64 > index) && !is_last).await;
@@ -496,7 +612,10 @@ impl OpenBlob {
                     _ => {}
                 }
                 *state.pieces.get(index as usize).ok_or_else(|| {
-                    BlobError::Internal(format!("fetch of {} ended without piece {index}", self.digest))
+                    BlobError::Internal(format!(
+                        "fetch of {} ended without piece {index}",
+                        self.digest
+                    ))
                 })?
             }
         };

@@ -255,7 +255,11 @@ impl NodeConfig {
             Some(h) => h,
         };
         let key = parse_registry_host(host)?;
-        let key = if key == "index.docker.io" { DOCKER_HUB_HOST.to_owned() } else { key };
+        let key = if key == "index.docker.io" {
+            DOCKER_HUB_HOST.to_owned()
+        } else {
+            key
+        };
         if let Some(up) = self.upstreams.get(&key) {
             return Ok(up.clone());
         }
@@ -284,14 +288,27 @@ fn upstream_from_url(host: Option<&str>, url: &str) -> anyhow::Result<Upstream> 
             None => parsed.host_str().unwrap_or_default().to_owned(),
         },
     };
-    let host = if host == "registry-1.docker.io" { DOCKER_HUB_HOST.to_owned() } else { host };
-    Ok(Upstream { host, url: parsed, credentials: None, ca_file: None, insecure_skip_verify: false })
+    let host = if host == "registry-1.docker.io" {
+        DOCKER_HUB_HOST.to_owned()
+    } else {
+        host
+    };
+    Ok(Upstream {
+        host,
+        url: parsed,
+        credentials: None,
+        ca_file: None,
+        insecure_skip_verify: false,
+    })
 }
 
 fn upstream_from_section(s: UpstreamSection) -> anyhow::Result<Upstream> {
     let mut up = upstream_from_url(s.host.as_deref(), &s.url)?;
     let password = match (s.password, s.password_file) {
-        (Some(_), Some(_)) => bail!("upstream {}: give password or password_file, not both", up.host),
+        (Some(_), Some(_)) => bail!(
+            "upstream {}: give password or password_file, not both",
+            up.host
+        ),
         (Some(p), None) => Some(p),
         (None, Some(f)) => Some(
             std::fs::read_to_string(&f)
@@ -325,7 +342,10 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:5050");
         assert_eq!(c.data_dir, PathBuf::from("shoal-data"));
         assert_eq!(c.default_upstream, "docker.io");
-        assert_eq!(c.upstream(None).unwrap().url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(
+            c.upstream(None).unwrap().url.as_str(),
+            "https://registry-1.docker.io/"
+        );
     }
 
     #[test]
@@ -344,8 +364,14 @@ mod tests {
         let c = build("listen = \"0.0.0.0:1\"\nopen_registries = false", flags).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:6000");
         assert_eq!(c.default_upstream, "127.0.0.1:5000");
-        assert_eq!(c.upstream(None).unwrap().url.as_str(), "http://127.0.0.1:5000/");
-        assert_eq!(c.upstream(Some("127.0.0.1:5999")).unwrap().url.as_str(), "http://127.0.0.1:5000/");
+        assert_eq!(
+            c.upstream(None).unwrap().url.as_str(),
+            "http://127.0.0.1:5000/"
+        );
+        assert_eq!(
+            c.upstream(Some("127.0.0.1:5999")).unwrap().url.as_str(),
+            "http://127.0.0.1:5000/"
+        );
         assert!(c.upstream(Some("elsewhere.example")).is_err());
     }
 
@@ -358,7 +384,13 @@ mod tests {
         .unwrap();
         let up = c.upstream(Some("reg.example:443")).unwrap();
         assert_eq!(up.credentials.unwrap().username, "u");
-        assert!(build("[[upstreams]]\nurl = \"https://x\"\nusername = \"u\"", NodeFlags::default()).is_err());
+        assert!(
+            build(
+                "[[upstreams]]\nurl = \"https://x\"\nusername = \"u\"",
+                NodeFlags::default()
+            )
+            .is_err()
+        );
         assert!(build("bogus = 1", NodeFlags::default()).is_err());
         assert!(build("[[upstreams]]\nurl = \"ftp://x\"", NodeFlags::default()).is_err());
     }

@@ -4,7 +4,6 @@
 
 #![forbid(unsafe_code)]
 
-
 use std::process::ExitCode;
 
 use clap::Parser;

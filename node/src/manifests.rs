@@ -31,7 +31,9 @@ pub enum ManifestFetchError {
     #[error(transparent)]
     Origin(#[from] OriginError),
     /// The bytes do not hash to the digest they should have.
-    #[error("origin {origin} sent a manifest for {reference} whose bytes hash to {actual}, not {expected}; it was not kept")]
+    #[error(
+        "origin {origin} sent a manifest for {reference} whose bytes hash to {actual}, not {expected}; it was not kept"
+    )]
     DigestMismatch {
         /// Which upstream.
         origin: String,
@@ -73,7 +75,11 @@ pub struct Manifests {
 impl Manifests {
     /// The service over `store`, fetching from `origin`.
     pub fn new(store: Arc<dyn Store>, origin: Arc<Origin>, stats: Arc<Stats>) -> Self {
-        Manifests { store, origin, stats }
+        Manifests {
+            store,
+            origin,
+            stats,
+        }
     }
 
     /// The manifest `reference` names in `source`. Tags are always resolved at the
@@ -90,7 +96,10 @@ impl Manifests {
             }
         }
         let accept = accept_header(accept);
-        let fetched = self.origin.manifest(&source.upstream, &source.repo, reference, &accept).await?;
+        let fetched = self
+            .origin
+            .manifest(&source.upstream, &source.repo, reference, &accept)
+            .await?;
         Stats::add(&self.stats.bytes_from_origin, fetched.bytes.len() as u64);
         let origin = source.upstream.host.clone();
         let actual = Digest::of(&fetched.bytes);
@@ -109,19 +118,35 @@ impl Manifests {
                 });
             }
         }
-        let manifest = Manifest::parse(&fetched.bytes, fetched.content_type.as_deref()).map_err(|error| {
-            ManifestFetchError::Invalid { origin: origin.clone(), reference: format!("{}:{reference}", source.repo), error }
-        })?;
-        let served = ServedManifest { digest: actual, bytes: fetched.bytes, media_type: manifest.media_type };
+        let manifest =
+            Manifest::parse(&fetched.bytes, fetched.content_type.as_deref()).map_err(|error| {
+                ManifestFetchError::Invalid {
+                    origin: origin.clone(),
+                    reference: format!("{}:{reference}", source.repo),
+                    error,
+                }
+            })?;
+        let served = ServedManifest {
+            digest: actual,
+            bytes: fetched.bytes,
+            media_type: manifest.media_type,
+        };
         let (store, keep) = (Arc::clone(&self.store), served.clone());
-        let (repo, tag) = (source.repo.clone(), match reference {
-            Reference::Tag(t) => Some(t.clone()),
-            Reference::Digest(_) => None,
-        });
+        let (repo, tag) = (
+            source.repo.clone(),
+            match reference {
+                Reference::Tag(t) => Some(t.clone()),
+                Reference::Digest(_) => None,
+            },
+        );
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             store.put_blob(&keep.digest, &keep.bytes, Some(&keep.media_type))?;
             if let Some(tag) = tag {
-                let record = TagRecord { digest: keep.digest, media_type: keep.media_type, resolved_at: unix_now() };
+                let record = TagRecord {
+                    digest: keep.digest,
+                    media_type: keep.media_type,
+                    resolved_at: unix_now(),
+                };
                 store.set_tag(&origin, &repo, &tag, &record)?;
             }
             Ok(())
@@ -153,7 +178,11 @@ impl Manifests {
                     }
                 }
             }
-            Ok(Some(ServedManifest { digest, bytes: bytes.into(), media_type }))
+            Ok(Some(ServedManifest {
+                digest,
+                bytes: bytes.into(),
+                media_type,
+            }))
         })
         .await
         .map_err(|e| ManifestFetchError::Internal(e.to_string()))?

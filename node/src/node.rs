@@ -45,7 +45,14 @@ impl Node {
             config.origin.stall_timeout,
         ));
         let manifests = Manifests::new(Arc::clone(&store), Arc::clone(&origin), Arc::clone(&stats));
-        Ok(Arc::new(Node { config, store, origin, blobs, manifests, stats }))
+        Ok(Arc::new(Node {
+            config,
+            store,
+            origin,
+            blobs,
+            manifests,
+            stats,
+        }))
     }
 
     /// The figures `shoal stats` prints.
@@ -62,11 +69,14 @@ impl Node {
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let listen = config.listen;
     let data_dir = config.data_dir.clone();
-    let node = Node::open(config).with_context(|| format!("cannot open the node's store in {}", data_dir.display()))?;
+    let node = Node::open(config)
+        .with_context(|| format!("cannot open the node's store in {}", data_dir.display()))?;
     let totals = node.store.totals()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen} (is another node running? use --listen)"))?;
+        .with_context(|| {
+            format!("cannot listen on {listen} (is another node running? use --listen)")
+        })?;
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         tracing::warn!(

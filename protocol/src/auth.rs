@@ -39,7 +39,9 @@ pub fn parse_challenge(value: &str) -> Option<Challenge> {
             .map(|(_, v)| v.clone())
     };
     if scheme.eq_ignore_ascii_case("basic") {
-        Some(Challenge::Basic { realm: get("realm") })
+        Some(Challenge::Basic {
+            realm: get("realm"),
+        })
     } else if scheme.eq_ignore_ascii_case("bearer") {
         Some(Challenge::Bearer {
             realm: get("realm")?,
@@ -111,7 +113,9 @@ mod tests {
     #[test]
     fn the_challenges_registries_send() {
         assert_eq!(
-            parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:library/debian:pull""#),
+            parse_challenge(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:library/debian:pull""#
+            ),
             Some(Challenge::Bearer {
                 realm: "https://auth.example/token".into(),
                 service: Some("registry.example".into()),
@@ -120,12 +124,21 @@ mod tests {
         );
         assert_eq!(
             parse_challenge(r#"Basic realm="Registry Realm""#),
-            Some(Challenge::Basic { realm: Some("Registry Realm".into()) })
+            Some(Challenge::Basic {
+                realm: Some("Registry Realm".into())
+            })
         );
-        assert_eq!(parse_challenge("basic"), Some(Challenge::Basic { realm: None }));
+        assert_eq!(
+            parse_challenge("basic"),
+            Some(Challenge::Basic { realm: None })
+        );
         assert_eq!(
             parse_challenge(r#"Bearer realm=http://a/t , service = "s\"x""#),
-            Some(Challenge::Bearer { realm: "http://a/t".into(), service: Some("s\"x".into()), scope: None })
+            Some(Challenge::Bearer {
+                realm: "http://a/t".into(),
+                service: Some("s\"x".into()),
+                scope: None
+            })
         );
         assert_eq!(parse_challenge("Bearer service=x"), None);
         assert_eq!(parse_challenge("Negotiate abc"), None);

@@ -65,7 +65,9 @@ impl FromStr for Digest {
         // Registries write lowercase hex; an uppercase digest would name other bytes in
         // their storage, so it is refused rather than normalised.
         if hex_part.len() != SHA256_LEN * 2
-            || !hex_part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex_part
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(DigestError::BadHex(truncate(s)));
         }
@@ -128,14 +130,23 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_verify() {
-        assert!(matches!("abc".parse::<Digest>(), Err(DigestError::NoAlgorithm(_))));
+        assert!(matches!(
+            "abc".parse::<Digest>(),
+            Err(DigestError::NoAlgorithm(_))
+        ));
         assert!(matches!(
             "sha512:00".parse::<Digest>(),
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
         let upper = format!("sha256:{}", "A".repeat(64));
-        assert!(matches!(upper.parse::<Digest>(), Err(DigestError::BadHex(_))));
-        assert!(matches!("sha256:abc".parse::<Digest>(), Err(DigestError::BadHex(_))));
+        assert!(matches!(
+            upper.parse::<Digest>(),
+            Err(DigestError::BadHex(_))
+        ));
+        assert!(matches!(
+            "sha256:abc".parse::<Digest>(),
+            Err(DigestError::BadHex(_))
+        ));
     }
 
     proptest! {

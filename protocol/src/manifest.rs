@@ -5,8 +5,6 @@
 //! sha256 is the manifest digest. Parsing exists to refuse what is not a manifest before
 //! it is stored or served, and to list the blobs an image needs.
 
-
-
 use crate::digest::{Digest, DigestError};
 
 /// Largest manifest accepted, in bytes (the distribution spec lets registries refuse
@@ -153,13 +151,19 @@ impl Manifest {
             OCI_MANIFEST | DOCKER_MANIFEST => match (raw.config, raw.layers, raw.manifests) {
                 (Some(config), Some(layers), None) => ManifestKind::Image {
                     config: descriptor(config)?,
-                    layers: layers.into_iter().map(descriptor).collect::<Result<_, _>>()?,
+                    layers: layers
+                        .into_iter()
+                        .map(descriptor)
+                        .collect::<Result<_, _>>()?,
                 },
                 _ => return Err(ManifestError::Shape(media_type)),
             },
             OCI_INDEX | DOCKER_LIST => match (raw.manifests, raw.layers) {
                 (Some(manifests), None) => ManifestKind::Index {
-                    manifests: manifests.into_iter().map(descriptor).collect::<Result<_, _>>()?,
+                    manifests: manifests
+                        .into_iter()
+                        .map(descriptor)
+                        .collect::<Result<_, _>>()?,
                 },
                 _ => return Err(ManifestError::Shape(media_type)),
             },
@@ -171,7 +175,9 @@ impl Manifest {
     /// Every blob and child manifest this manifest points at.
     pub fn references(&self) -> Vec<&Descriptor> {
         match &self.kind {
-            ManifestKind::Image { config, layers } => std::iter::once(config).chain(layers).collect(),
+            ManifestKind::Image { config, layers } => {
+                std::iter::once(config).chain(layers).collect()
+            }
             ManifestKind::Index { manifests } => manifests.iter().collect(),
         }
     }
@@ -193,7 +199,6 @@ fn descriptor(d: wire::Descriptor) -> Result<Descriptor, ManifestError> {
 pub fn is_manifest_type(media_type: &str) -> bool {
     MANIFEST_TYPES.contains(&media_type)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -228,12 +233,18 @@ mod tests {
         );
         let m = Manifest::parse(body.as_bytes(), None).unwrap();
         assert_eq!(m.media_type, OCI_INDEX);
-        assert_eq!(m.references()[0].platform.as_deref(), Some("linux/arm64/v8"));
+        assert_eq!(
+            m.references()[0].platform.as_deref(),
+            Some("linux/arm64/v8")
+        );
     }
 
     #[test]
     fn refuses_what_is_not_a_manifest() {
-        assert!(matches!(Manifest::parse(b"{", None), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            Manifest::parse(b"{", None),
+            Err(ManifestError::Json(_))
+        ));
         assert!(matches!(
             Manifest::parse(br#"{"schemaVersion":1}"#, None),
             Err(ManifestError::SchemaVersion(1))
@@ -244,9 +255,15 @@ mod tests {
             Err(ManifestError::MediaTypeMismatch { .. })
         ));
         let shape = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","manifests":[]}}"#);
-        assert!(matches!(Manifest::parse(shape.as_bytes(), None), Err(ManifestError::Shape(_))));
+        assert!(matches!(
+            Manifest::parse(shape.as_bytes(), None),
+            Err(ManifestError::Shape(_))
+        ));
         let big = vec![b' '; MAX_MANIFEST_SIZE + 1];
-        assert!(matches!(Manifest::parse(&big, None), Err(ManifestError::TooLarge(_))));
+        assert!(matches!(
+            Manifest::parse(&big, None),
+            Err(ManifestError::TooLarge(_))
+        ));
     }
 
     proptest! {

@@ -55,7 +55,10 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
         },
         // `bytes=A-`: from A to the end.
         (false, true) => match parse(first) {
-            Some(a) if a < size => RangeRequest::Partial(ByteRange { start: a, end: size }),
+            Some(a) if a < size => RangeRequest::Partial(ByteRange {
+                start: a,
+                end: size,
+            }),
             Some(_) => RangeRequest::Unsatisfiable,
             None => RangeRequest::Whole,
         },
@@ -95,8 +98,14 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=2-500"), 10), part(2, 10));
         assert_eq!(parse_range(Some("bytes=-3"), 10), part(7, 10));
         assert_eq!(parse_range(Some("bytes=-30"), 10), part(0, 10));
-        assert_eq!(parse_range(Some("bytes=10-"), 10), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=0-"), 0), RangeRequest::Unsatisfiable);
+        assert_eq!(
+            parse_range(Some("bytes=10-"), 10),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=0-"), 0),
+            RangeRequest::Unsatisfiable
+        );
         assert_eq!(parse_range(Some("bytes=5-2"), 10), RangeRequest::Whole);
         assert_eq!(parse_range(Some("bytes=0-1,4-5"), 10), RangeRequest::Whole);
         assert_eq!(parse_range(Some("items=0-1"), 10), RangeRequest::Whole);

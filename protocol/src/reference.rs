@@ -16,7 +16,9 @@ pub const MAX_TAG_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
     /// The repository name breaks the distribution spec's grammar.
-    #[error("repository name {0:?} is invalid (lowercase components of [a-z0-9] joined by . _ __ or -, separated by /)")]
+    #[error(
+        "repository name {0:?} is invalid (lowercase components of [a-z0-9] joined by . _ __ or -, separated by /)"
+    )]
     BadName(String),
     /// The tag breaks the grammar `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
     #[error("tag {0:?} is invalid")]
@@ -188,7 +190,9 @@ fn valid_host(h: &str) -> bool {
         && h.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -201,10 +205,18 @@ mod tests {
 
     #[test]
     fn names_from_the_spec() {
-        for ok in ["a", "library/debian", "a.b/c_d/e__f", "x-y--z/0", "127.0.0.1_5000/app"] {
+        for ok in [
+            "a",
+            "library/debian",
+            "a.b/c_d/e__f",
+            "x-y--z/0",
+            "127.0.0.1_5000/app",
+        ] {
             assert!(RepoName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "a/../b", "a b"] {
+        for bad in [
+            "", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "a/../b", "a b",
+        ] {
             assert!(RepoName::parse(bad).is_err(), "{bad}");
         }
         assert!(RepoName::parse(&"a".repeat(256)).is_err());
@@ -212,20 +224,35 @@ mod tests {
 
     #[test]
     fn tags_and_digests() {
-        assert_eq!(Reference::parse("v1.0_rc-2").unwrap(), Reference::Tag("v1.0_rc-2".into()));
+        assert_eq!(
+            Reference::parse("v1.0_rc-2").unwrap(),
+            Reference::Tag("v1.0_rc-2".into())
+        );
         assert!(Reference::parse(".hidden").is_err());
         assert!(Reference::parse("").is_err());
         assert!(Reference::parse(&"t".repeat(129)).is_err());
         let d = Digest::of(b"x");
-        assert_eq!(Reference::parse(&d.to_string()).unwrap(), Reference::Digest(d));
-        assert!(matches!(Reference::parse("sha256:zz"), Err(ReferenceError::BadDigest(_))));
+        assert_eq!(
+            Reference::parse(&d.to_string()).unwrap(),
+            Reference::Digest(d)
+        );
+        assert!(matches!(
+            Reference::parse("sha256:zz"),
+            Err(ReferenceError::BadDigest(_))
+        ));
     }
 
     #[test]
     fn registries_in_paths() {
         assert_eq!(registry_in_path("docker.io").as_deref(), Some("docker.io"));
-        assert_eq!(registry_in_path("127.0.0.1_5000").as_deref(), Some("127.0.0.1:5000"));
-        assert_eq!(registry_in_path("localhost_5000").as_deref(), Some("localhost:5000"));
+        assert_eq!(
+            registry_in_path("127.0.0.1_5000").as_deref(),
+            Some("127.0.0.1:5000")
+        );
+        assert_eq!(
+            registry_in_path("localhost_5000").as_deref(),
+            Some("localhost:5000")
+        );
         assert_eq!(registry_in_path("localhost").as_deref(), Some("localhost"));
         assert_eq!(registry_in_path("library"), None);
         assert_eq!(registry_in_path("my_app"), None);

@@ -15,8 +15,16 @@ use crate::process::{Daemon, run, run_unchecked, wait_until};
 pub const CTR_NAMESPACE: &str = "shoal-test";
 
 /// Environment variables that would send an engine's requests elsewhere.
-pub const PROXY_VARS: &[&str] =
-    &["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"];
+pub const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+];
 
 /// A running private containerd.
 pub struct Containerd {
@@ -52,9 +60,15 @@ impl Containerd {
         for var in PROXY_VARS {
             cmd.env_remove(var);
         }
-        cmd.arg("--config").arg(&config).args(["--log-level", "debug"]);
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["--log-level", "debug"]);
         let daemon = Daemon::spawn("containerd", &mut cmd, &dir.join("containerd.log"))?;
-        let mut c = Containerd { socket, dir, daemon: Some(daemon) };
+        let mut c = Containerd {
+            socket,
+            dir,
+            daemon: Some(daemon),
+        };
         c.wait_ready()?;
         Ok(c)
     }
@@ -62,15 +76,21 @@ impl Containerd {
     fn wait_ready(&mut self) -> anyhow::Result<()> {
         let socket = self.socket.clone();
         let daemon = self.daemon.as_mut().context("containerd is running")?;
-        wait_until("containerd to answer on its socket", Duration::from_secs(60), || {
-            daemon.check_alive()?;
-            if !socket.exists() {
-                return Ok(false);
-            }
-            let mut cmd = Command::new("ctr");
-            cmd.arg("--address").arg(&socket).arg("version");
-            Ok(run_unchecked(&mut cmd, Duration::from_secs(10))?.status.success())
-        })
+        wait_until(
+            "containerd to answer on its socket",
+            Duration::from_secs(60),
+            || {
+                daemon.check_alive()?;
+                if !socket.exists() {
+                    return Ok(false);
+                }
+                let mut cmd = Command::new("ctr");
+                cmd.arg("--address").arg(&socket).arg("version");
+                Ok(run_unchecked(&mut cmd, Duration::from_secs(10))?
+                    .status
+                    .success())
+            },
+        )
         .with_context(|| format!("containerd log:\n{}", self.log_tail()))
     }
 
@@ -80,7 +100,9 @@ impl Containerd {
         for var in PROXY_VARS {
             cmd.env_remove(var);
         }
-        cmd.arg("--address").arg(&self.socket).args(["--namespace", CTR_NAMESPACE]);
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", CTR_NAMESPACE]);
         cmd
     }
 
@@ -88,9 +110,15 @@ impl Containerd {
     /// choice comes from hosts.toml, which names the node as `http://...`).
     pub fn pull(&self, hosts_dir: &Path, image: &str) -> anyhow::Result<()> {
         let mut cmd = self.ctr();
-        cmd.args(["images", "pull", "--hosts-dir"]).arg(hosts_dir).args(["--snapshotter", "native", image]);
-        run(&mut cmd, Duration::from_secs(240))
-            .with_context(|| format!("ctr images pull {image}\ncontainerd log:\n{}", self.log_tail()))?;
+        cmd.args(["images", "pull", "--hosts-dir"])
+            .arg(hosts_dir)
+            .args(["--snapshotter", "native", image]);
+        run(&mut cmd, Duration::from_secs(240)).with_context(|| {
+            format!(
+                "ctr images pull {image}\ncontainerd log:\n{}",
+                self.log_tail()
+            )
+        })?;
         Ok(())
     }
 
@@ -101,7 +129,10 @@ impl Containerd {
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
             if cols.first() == Some(&image) {
-                return cols.get(2).with_context(|| format!("no digest column in {line:?}"))?.parse();
+                return Ok(cols
+                    .get(2)
+                    .with_context(|| format!("no digest column in {line:?}"))?
+                    .parse()?);
             }
         }
         bail!("ctr images ls has no {image}:\n{text}")
@@ -110,13 +141,27 @@ impl Containerd {
     /// Every blob in the content store, each read back with `ctr content get` and
     /// checked against its digest; sorted.
     pub fn content(&self) -> anyhow::Result<Vec<Digest>> {
-        let out = run(self.ctr().args(["content", "ls", "-q"]), Duration::from_secs(30))?;
+        let out = run(
+            self.ctr().args(["content", "ls", "-q"]),
+            Duration::from_secs(30),
+        )?;
         let mut digests = Vec::new();
-        for line in String::from_utf8(out.stdout)?.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        for line in String::from_utf8(out.stdout)?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
             let d: Digest = line.parse()?;
-            let bytes = run(self.ctr().args(["content", "get", line]), Duration::from_secs(60))?.stdout;
+            let bytes = run(
+                self.ctr().args(["content", "get", line]),
+                Duration::from_secs(60),
+            )?
+            .stdout;
             if Digest::of(&bytes) != d {
-                bail!("containerd holds {d} whose bytes hash to {}", Digest::of(&bytes));
+                bail!(
+                    "containerd holds {d} whose bytes hash to {}",
+                    Digest::of(&bytes)
+                );
             }
             digests.push(d);
         }
@@ -124,15 +169,34 @@ impl Containerd {
         Ok(digests)
     }
 
+    /// The directories of the native snapshotter's snapshots (unpacked layers; the
+    /// native snapshotter copies, so the top one holds the whole image).
+    pub fn native_snapshots(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let dir = self
+            .dir
+            .join("root/io.containerd.snapshotter.v1.native/snapshots");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            out.push(e?.path());
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
-        self.daemon.as_ref().map(Daemon::log_tail).unwrap_or_default()
+        self.daemon
+            .as_ref()
+            .map(Daemon::log_tail)
+            .unwrap_or_default()
     }
 
     /// SIGTERM (SIGKILL after `grace`).
     pub fn stop(&mut self, grace: Duration) {
         if let Some(mut d) = self.daemon.take() {
-            d.terminate(grace);
+            if d.check_alive().is_ok() {
+                d.terminate(grace);
+            }
         }
         unmount_under(&self.dir);
     }
@@ -217,8 +281,13 @@ fn unescape_mount_path(p: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = u32::from(b[i + 1] - b'0') * 64 + u32::from(b[i + 2] - b'0') * 8 + u32::from(b[i + 3] - b'0');
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = u32::from(b[i + 1] - b'0') * 64
+                + u32::from(b[i + 2] - b'0') * 8
+                + u32::from(b[i + 3] - b'0');
             out.push(v as u8);
             i += 4;
         } else {

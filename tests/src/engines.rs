@@ -20,7 +20,12 @@ pub struct Pulled {
 
 /// `skopeo copy docker://IMAGE dir:DEST` with `registries_conf`; checks every file
 /// against its digest and returns what arrived.
-pub fn skopeo_copy(registries_conf: &Path, image: &str, dest: &Path, extra: &[&str]) -> anyhow::Result<Pulled> {
+pub fn skopeo_copy(
+    registries_conf: &Path,
+    image: &str,
+    dest: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Pulled> {
     let mut cmd = Command::new("skopeo");
     cmd.arg("--registries-conf")
         .arg(registries_conf)
@@ -38,13 +43,19 @@ pub fn skopeo_copy(registries_conf: &Path, image: &str, dest: &Path, extra: &[&s
             let d: Digest = format!("sha256:{name}").parse()?;
             let bytes = std::fs::read(entry.path())?;
             if Digest::of(&bytes) != d {
-                bail!("skopeo wrote {name} whose bytes hash to {}", Digest::of(&bytes));
+                bail!(
+                    "skopeo wrote {name} whose bytes hash to {}",
+                    Digest::of(&bytes)
+                );
             }
             blobs.push(d);
         }
     }
     blobs.sort();
-    Ok(Pulled { manifest: Digest::of(&manifest), blobs })
+    Ok(Pulled {
+        manifest: Digest::of(&manifest),
+        blobs,
+    })
 }
 
 /// podman with its own vfs storage under a test directory.
@@ -77,13 +88,21 @@ impl Podman {
 
     /// `podman pull IMAGE`.
     pub fn pull(&self, image: &str) -> anyhow::Result<()> {
-        run(self.cmd().args(["pull", "-q", image]), Duration::from_secs(180)).with_context(|| format!("podman pull {image}"))?;
+        run(
+            self.cmd().args(["pull", "-q", image]),
+            Duration::from_secs(180),
+        )
+        .with_context(|| format!("podman pull {image}"))?;
         Ok(())
     }
 
     /// The manifest digest podman recorded for `image`.
     pub fn digest(&self, image: &str) -> anyhow::Result<Digest> {
-        let out = run(self.cmd().args(["image", "inspect", "--format", "{{.Digest}}", image]), Duration::from_secs(60))?;
+        let out = run(
+            self.cmd()
+                .args(["image", "inspect", "--format", "{{.Digest}}", image]),
+            Duration::from_secs(60),
+        )?;
         Ok(String::from_utf8(out.stdout)?.trim().parse()?)
     }
 }

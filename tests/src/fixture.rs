@@ -43,29 +43,49 @@ impl Mirror {
         crate::process::require_root()?;
         let dir = tempfile::Builder::new().prefix("shoal-test-").tempdir()?;
         let registry = Registry::start(dir.path())?;
-        let proxy = if with_proxy { Some(Proxy::start(&registry.addr)?) } else { None };
+        let proxy = if with_proxy {
+            Some(Proxy::start(&registry.addr)?)
+        } else {
+            None
+        };
         let upstream = proxy.as_ref().map_or_else(|| registry.url(), |p| p.url());
         let alias = format!("127.0.0.1:{}", free_port());
         let mapping = format!("{alias}={upstream}");
         let mut args = vec!["--registry", mapping.as_str()];
         args.extend_from_slice(extra);
         let node = Node::start(dir.path(), &upstream, &args)?;
-        Ok(Mirror { node, proxy, registry, alias, dir })
+        Ok(Mirror {
+            node,
+            proxy,
+            registry,
+            alias,
+            dir,
+        })
     }
 
     /// The proxy (for mirrors started with [`Mirror::start_behind_proxy`]).
     pub fn proxy(&self) -> &Proxy {
-        self.proxy.as_ref().expect("this test's mirror was started without a proxy")
+        self.proxy
+            .as_ref()
+            .expect("this test's mirror was started without a proxy")
     }
 
     /// URL of blob `digest` of `repo` through the node, via the alias.
     pub fn node_blob_url(&self, repo: &str, digest: &Digest) -> String {
-        format!("{}/v2/{repo}/blobs/{digest}?ns={}", self.node.url(), self.alias)
+        format!(
+            "{}/v2/{repo}/blobs/{digest}?ns={}",
+            self.node.url(),
+            self.alias
+        )
     }
 
     /// URL of manifest `reference` of `repo` through the node, via the alias.
     pub fn node_manifest_url(&self, repo: &str, reference: &str) -> String {
-        format!("{}/v2/{repo}/manifests/{reference}?ns={}", self.node.url(), self.alias)
+        format!(
+            "{}/v2/{repo}/manifests/{reference}?ns={}",
+            self.node.url(),
+            self.alias
+        )
     }
 
     /// A registries.conf written by `shoal configure podman` for the alias.
@@ -77,12 +97,21 @@ impl Mirror {
     }
 
     /// The manifest digest the origin itself gives for `repo:tag` (asked with curl).
-    pub fn origin_digest(&self, repo: &str, reference: &str, accept: &str) -> anyhow::Result<Digest> {
+    pub fn origin_digest(
+        &self,
+        repo: &str,
+        reference: &str,
+        accept: &str,
+    ) -> anyhow::Result<Digest> {
         let reply = http_get(
             &format!("{}/v2/{repo}/manifests/{reference}", self.registry.url()),
             &[&format!("Accept: {accept}")],
         )?;
-        anyhow::ensure!(reply.status == 200, "origin answered {} for {repo}:{reference}", reply.status);
+        anyhow::ensure!(
+            reply.status == 200,
+            "origin answered {} for {repo}:{reference}",
+            reply.status
+        );
         Ok(Digest::of(&reply.body))
     }
 

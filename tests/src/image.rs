@@ -105,7 +105,10 @@ impl Layout {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir.join("blobs/sha256"))?;
         std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        Ok(Layout { dir: dir.to_owned(), index: Vec::new() })
+        Ok(Layout {
+            dir: dir.to_owned(),
+            index: Vec::new(),
+        })
     }
 
     fn put(&self, bytes: &[u8]) -> anyhow::Result<Digest> {
@@ -115,7 +118,12 @@ impl Layout {
     }
 
     /// Writes an image of `layers` for `arch`; tags it `tag` in the layout if given.
-    pub fn image(&mut self, layers: &[Layer], arch: &str, tag: Option<&str>) -> anyhow::Result<Built> {
+    pub fn image(
+        &mut self,
+        layers: &[Layer],
+        arch: &str,
+        tag: Option<&str>,
+    ) -> anyhow::Result<Built> {
         let mut layer_descs = Vec::new();
         let mut diff_ids = Vec::new();
         let mut blobs = Vec::new();
@@ -155,9 +163,18 @@ impl Layout {
         });
         let manifest = serde_json::to_vec(&manifest)?;
         let manifest_d = self.put(&manifest)?;
-        let built = Built { manifest: manifest_d, manifest_size: manifest.len() as u64, blobs, arch: arch.to_owned() };
+        let built = Built {
+            manifest: manifest_d,
+            manifest_size: manifest.len() as u64,
+            blobs,
+            arch: arch.to_owned(),
+        };
         if let Some(tag) = tag {
-            self.index.push(descriptor(&built, "application/vnd.oci.image.manifest.v1+json", Some(tag)));
+            self.index.push(descriptor(
+                &built,
+                "application/vnd.oci.image.manifest.v1+json",
+                Some(tag),
+            ));
             self.write_index()?;
         }
         Ok(built)
@@ -194,7 +211,13 @@ impl Layout {
     /// Pushes layout tag `tag` to `dest` (`host:port/repo:tag`) with skopeo. With
     /// `docker_format`, skopeo converts it to Docker schema 2 media types; with `all`,
     /// an index is pushed with every image in it.
-    pub fn push(&self, tag: &str, dest: &str, docker_format: bool, all: bool) -> anyhow::Result<()> {
+    pub fn push(
+        &self,
+        tag: &str,
+        dest: &str,
+        docker_format: bool,
+        all: bool,
+    ) -> anyhow::Result<()> {
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "-q", "--dest-tls-verify=false"]);
         if docker_format {
@@ -205,7 +228,8 @@ impl Layout {
         }
         cmd.arg(format!("oci:{}:{tag}", self.dir.display()))
             .arg(format!("docker://{dest}"));
-        run(&mut cmd, Duration::from_secs(120)).with_context(|| format!("pushing {tag} to {dest}"))?;
+        run(&mut cmd, Duration::from_secs(120))
+            .with_context(|| format!("pushing {tag} to {dest}"))?;
         Ok(())
     }
 }
@@ -237,7 +261,10 @@ pub struct HttpReply {
 impl HttpReply {
     /// The first value of header `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -246,7 +273,10 @@ pub fn http_get(url: &str, headers: &[&str]) -> anyhow::Result<HttpReply> {
     let dir = tempfile::tempdir()?;
     let (head, body) = (dir.path().join("head"), dir.path().join("body"));
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--noproxy", "*", "--max-time", "120", "-o"]).arg(&body).arg("-D").arg(&head);
+    cmd.args(["-sS", "--noproxy", "*", "--max-time", "120", "-o"])
+        .arg(&body)
+        .arg("-D")
+        .arg(&head);
     for h in headers {
         cmd.args(["-H", h]);
     }
@@ -260,12 +290,21 @@ pub fn http_get(url: &str, headers: &[&str]) -> anyhow::Result<HttpReply> {
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no HTTP answer from {url}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        .with_context(|| {
+            format!(
+                "no HTTP answer from {url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Ok(HttpReply { status, headers, body: std::fs::read(&body).unwrap_or_default() })
+    Ok(HttpReply {
+        status,
+        headers,
+        body: std::fs::read(&body).unwrap_or_default(),
+    })
 }
 
 /// Builds an image with podman from a tar the test writes and pushes it to `dest`:
@@ -290,7 +329,18 @@ pub fn podman_push(work: &Path, files: &[(&str, Vec<u8>)], dest: &str) -> anyhow
         cmd
     };
     let local = "localhost/shoal-test-import:latest";
-    run(&mut podman(&["import", &tar_path.display().to_string(), local]), Duration::from_secs(120))?;
-    run(&mut podman(&["push", "--tls-verify=false", local, &format!("docker://{dest}")]), Duration::from_secs(120))?;
+    run(
+        &mut podman(&["import", &tar_path.display().to_string(), local]),
+        Duration::from_secs(120),
+    )?;
+    run(
+        &mut podman(&[
+            "push",
+            "--tls-verify=false",
+            local,
+            &format!("docker://{dest}"),
+        ]),
+        Duration::from_secs(120),
+    )?;
     Ok(())
 }

@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod containerd;
+pub mod dockerd;
 pub mod engines;
 pub mod fixture;
 pub mod image;

@@ -28,10 +28,13 @@ fn build_shoal() -> anyhow::Result<PathBuf> {
         profile_dir.pop();
     }
     let release = profile_dir.ends_with("release");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace).args(["build", "-q", "-p", "shoal-node", "--bin", "shoal"]);
+    cmd.current_dir(workspace)
+        .args(["build", "-q", "-p", "shoal-node", "--bin", "shoal"]);
     if release {
         cmd.arg("--release");
     }
@@ -62,13 +65,30 @@ impl Node {
     }
 
     /// Like [`Node::start`], with a name for its directory and log.
-    pub fn start_named(dir: &Path, name: &str, upstream: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::start_on(dir, name, &format!("127.0.0.1:{}", free_port()), upstream, extra)
+    pub fn start_named(
+        dir: &Path,
+        name: &str,
+        upstream: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_on(
+            dir,
+            name,
+            &format!("127.0.0.1:{}", free_port()),
+            upstream,
+            extra,
+        )
     }
 
     /// Like [`Node::start_named`], listening on `listen` (`IP:PORT`), e.g. the host end
     /// of a veth pair that engines in a network namespace reach it through.
-    pub fn start_on(dir: &Path, name: &str, listen: &str, upstream: &str, extra: &[&str]) -> anyhow::Result<Self> {
+    pub fn start_on(
+        dir: &Path,
+        name: &str,
+        listen: &str,
+        upstream: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let addr = listen.to_owned();
         let data_dir = dir.join(name);
         let mut args: Vec<String> = vec![
@@ -81,14 +101,21 @@ impl Node {
             upstream.into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut node = Node { addr, data_dir, args, log: dir.join(format!("{name}.log")), daemon: None };
+        let mut node = Node {
+            addr,
+            data_dir,
+            args,
+            log: dir.join(format!("{name}.log")),
+            daemon: None,
+        };
         node.launch()?;
         Ok(node)
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(shoal_binary()?);
-        cmd.args(&self.args).env("RUST_LOG", "info,shoal_node=debug");
+        cmd.args(&self.args)
+            .env("RUST_LOG", "info,shoal_node=debug");
         let mut daemon = Daemon::spawn("shoal node", &mut cmd, &self.log)?;
         wait_for_port(&mut daemon, &self.addr, Duration::from_secs(30))?;
         self.daemon = Some(daemon);
@@ -111,7 +138,9 @@ impl Node {
 
     /// One counter from [`Node::stats`].
     pub fn stat(&self, name: &str) -> anyhow::Result<u64> {
-        self.stats()?[name].as_u64().with_context(|| format!("shoal stats has no {name}"))
+        self.stats()?[name]
+            .as_u64()
+            .with_context(|| format!("shoal stats has no {name}"))
     }
 
     /// `shoal configure ENGINE ...` with this node's upstream flags.

@@ -25,7 +25,9 @@ pub fn which(program: &str) -> bool {
 pub fn require_root() -> anyhow::Result<()> {
     let out = Command::new("id").arg("-u").output().context("run id -u")?;
     if String::from_utf8_lossy(&out.stdout).trim() != "0" {
-        bail!("these tests start container engines and need root; run them as root (see README.md)");
+        bail!(
+            "these tests start container engines and need root; run them as root (see README.md)"
+        );
     }
     Ok(())
 }
@@ -82,7 +84,11 @@ pub fn run_unchecked(cmd: &mut Command, limit: Duration) -> anyhow::Result<Outpu
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Ok(Output { status, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() })
+    Ok(Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    })
 }
 
 /// A long-running child, killed (SIGKILL) and reaped when dropped. Its output goes to
@@ -107,7 +113,11 @@ impl Daemon {
             .stderr(file)
             .spawn()
             .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
-        Ok(Daemon { name: name.to_owned(), child: Some(child), log: log.to_owned() })
+        Ok(Daemon {
+            name: name.to_owned(),
+            child: Some(child),
+            log: log.to_owned(),
+        })
     }
 
     /// The process id.
@@ -143,7 +153,10 @@ impl Daemon {
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub fn terminate(&mut self, grace: Duration) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -173,11 +186,18 @@ pub fn wait_for_port(daemon: &mut Daemon, addr: &str, limit: Duration) -> anyhow
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("{addr} did not open within {limit:?}:\n{}", daemon.log_tail())
+    bail!(
+        "{addr} did not open within {limit:?}:\n{}",
+        daemon.log_tail()
+    )
 }
 
 /// Waits until `check` returns true, polling, or fails with `what` after `limit`.
-pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if check()? {

@@ -35,7 +35,12 @@ impl Proxy {
         let down = Arc::new(AtomicU64::new(0));
         let faults = Arc::new(Mutex::new(Faults::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (d, f, s, target) = (down.clone(), faults.clone(), stop.clone(), target.to_owned());
+        let (d, f, s, target) = (
+            down.clone(),
+            faults.clone(),
+            stop.clone(),
+            target.to_owned(),
+        );
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -49,7 +54,12 @@ impl Proxy {
                 }
             }
         });
-        Ok(Proxy { addr, down, faults, stop })
+        Ok(Proxy {
+            addr,
+            down,
+            faults,
+            stop,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -74,7 +84,13 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(client: TcpStream, origin: TcpStream, down: Arc<AtomicU64>, faults: Arc<Mutex<Faults>>, stop: Arc<AtomicBool>) {
+fn pipe(
+    client: TcpStream,
+    origin: TcpStream,
+    down: Arc<AtomicU64>,
+    faults: Arc<Mutex<Faults>>,
+    stop: Arc<AtomicBool>,
+) {
     let (Ok(mut c_read), Ok(mut o_write)) = (client.try_clone(), origin.try_clone()) else {
         return;
     };

@@ -51,7 +51,10 @@ impl Registry {
             RegistryAuth::Basic { user, password } => {
                 let htpasswd = dir.join("htpasswd");
                 write_htpasswd(&htpasswd, user, password)?;
-                format!("auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n", htpasswd.display())
+                format!(
+                    "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
+                    htpasswd.display()
+                )
             }
         };
         let config = dir.join("registry.yml");
@@ -89,10 +92,17 @@ impl Registry {
     /// Points `repo:tag` at the manifest stored as blob `digest` (written with
     /// [`Registry::plant_blob`]), bypassing the registry's validation.
     pub fn plant_tag(&self, repo: &str, tag: &str, digest: &Digest) -> anyhow::Result<()> {
-        let repo_dir = self.root.join("docker/registry/v2/repositories").join(repo).join("_manifests");
+        let repo_dir = self
+            .root
+            .join("docker/registry/v2/repositories")
+            .join(repo)
+            .join("_manifests");
         let link = format!("{digest}");
         let tag_dir = repo_dir.join("tags").join(tag);
-        for dir in [tag_dir.join("current"), tag_dir.join("index/sha256").join(digest.hex())] {
+        for dir in [
+            tag_dir.join("current"),
+            tag_dir.join("index/sha256").join(digest.hex()),
+        ] {
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join("link"), &link)?;
         }
@@ -120,7 +130,10 @@ impl Registry {
 fn write_htpasswd(path: &Path, user: &str, password: &str) -> anyhow::Result<()> {
     // htpasswd from apache2-utils writes bcrypt entries, the only kind distribution reads.
     crate::process::run(
-        Command::new("htpasswd").args(["-Bbc"]).arg(path).args([user, password]),
+        Command::new("htpasswd")
+            .args(["-Bbc"])
+            .arg(path)
+            .args([user, password]),
         Duration::from_secs(20),
     )?;
     Ok(())

@@ -10,8 +10,17 @@ use shoal_tests::proxy::Faults;
 
 fn push_one(m: &Mirror, repo: &str, layer_size: usize, seed: u64) -> anyhow::Result<Built> {
     let mut layout = Layout::new(&m.path(&format!("layout-{repo}")))?;
-    let built = layout.image(&[Layer::new().file("data", noise(layer_size, seed))], "amd64", Some("v1"))?;
-    layout.push("v1", &format!("{}/{repo}:v1", m.registry.addr), false, false)?;
+    let built = layout.image(
+        &[Layer::new().file("data", noise(layer_size, seed))],
+        "amd64",
+        Some("v1"),
+    )?;
+    layout.push(
+        "v1",
+        &format!("{}/{repo}:v1", m.registry.addr),
+        false,
+        false,
+    )?;
     Ok(built)
 }
 
@@ -47,14 +56,25 @@ fn wrong_bytes_in_a_small_blob_get_a_502_and_nothing_is_kept() -> anyhow::Result
     assert_eq!(reply.status, 502);
     assert_eq!(error_code(&reply.body), "DIGEST_INVALID");
     let text = String::from_utf8_lossy(&reply.body);
-    assert!(text.contains(&layer.to_string()) && text.contains("nothing of them was kept"), "{text}");
+    assert!(
+        text.contains(&layer.to_string()) && text.contains("nothing of them was kept"),
+        "{text}"
+    );
     assert_clean(&m, 0)?;
     assert_eq!(m.node.stat("digest_mismatches")?, 1);
 
     // An engine pulling the image fails and says why.
-    let err = skopeo_copy(&m.registries_conf()?, &format!("{}/small:v1", m.alias), &m.path("out"), &[])
-        .expect_err("a pull of a damaged layer must fail");
-    assert!(format!("{err:#}").contains("DIGEST_INVALID") || format!("{err:#}").contains("502"), "{err:#}");
+    let err = skopeo_copy(
+        &m.registries_conf()?,
+        &format!("{}/small:v1", m.alias),
+        &m.path("out"),
+        &[],
+    )
+    .expect_err("a pull of a damaged layer must fail");
+    assert!(
+        format!("{err:#}").contains("DIGEST_INVALID") || format!("{err:#}").contains("502"),
+        "{err:#}"
+    );
     Ok(())
 }
 
@@ -68,7 +88,11 @@ fn wrong_bytes_in_a_large_blob_cut_the_stream_before_its_end() -> anyhow::Result
     // The first client is streamed all but the last piece, then cut: it never holds
     // the whole (wrong) blob.
     let first = http_get(&m.node_blob_url("large", &layer), &[])?;
-    assert!((first.body.len() as u64) < size, "got {} of {size} bytes", first.body.len());
+    assert!(
+        (first.body.len() as u64) < size,
+        "got {} of {size} bytes",
+        first.body.len()
+    );
     // A retry gets the verdict as a clear error.
     let again = http_get(&m.node_blob_url("large", &layer), &[])?;
     assert_eq!(again.status, 502);
@@ -101,12 +125,22 @@ fn a_connection_cut_mid_blob_is_resumed_from_where_it_broke() -> anyhow::Result<
     let origin = std::fs::read(m.registry.blob_path(&layer))?;
     // Let about 3.5 MiB through, then cut every connection.
     let start = m.proxy().bytes_down();
-    m.proxy().set_faults(Faults { cut_after: Some(start + (7 << 19)), ..Default::default() });
+    m.proxy().set_faults(Faults {
+        cut_after: Some(start + (7 << 19)),
+        ..Default::default()
+    });
     let first = http_get(&m.node_blob_url("cut", &layer), &[])?;
-    assert!((first.body.len() as u64) < size, "the cut response must not be complete");
+    assert!(
+        (first.body.len() as u64) < size,
+        "the cut response must not be complete"
+    );
     let s = m.node.stats()?;
     assert_eq!(s["blobs"].as_u64(), Some(0), "{s}");
-    assert_eq!(s["partial_blobs"].as_u64(), Some(1), "what arrived is kept to resume: {s}");
+    assert_eq!(
+        s["partial_blobs"].as_u64(),
+        Some(1),
+        "what arrived is kept to resume: {s}"
+    );
 
     m.proxy().set_faults(Faults::default());
     let before = m.proxy().bytes_down();
@@ -116,9 +150,16 @@ fn a_connection_cut_mid_blob_is_resumed_from_where_it_broke() -> anyhow::Result<
     let refetched = m.proxy().bytes_down() - before;
     // Three whole pieces (3 MiB) were stored before the cut; only the rest (plus
     // response headers) crosses again.
-    assert!(refetched < size - (3 << 20) + 16_384, "resumed fetch moved {refetched} of {size} bytes");
+    assert!(
+        refetched < size - (3 << 20) + 16_384,
+        "resumed fetch moved {refetched} of {size} bytes"
+    );
     let s = m.node.stats()?;
-    assert_eq!((s["blobs"].as_u64(), s["partial_blobs"].as_u64()), (Some(1), Some(0)), "{s}");
+    assert_eq!(
+        (s["blobs"].as_u64(), s["partial_blobs"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
     Ok(())
 }
 
@@ -134,15 +175,26 @@ fn malformed_and_mislabelled_manifests_are_refused() -> anyhow::Result<()> {
     let junk = junk.as_bytes();
     let d = m.registry.plant_blob(junk)?;
     m.registry.plant_tag("broken", "v1", &d)?;
-    let reply = http_get(&m.node_manifest_url("broken", "v1"), &[&format!("Accept: {ACCEPT_ALL}")])?;
-    assert_eq!(reply.status, 502, "{}", String::from_utf8_lossy(&reply.body));
+    let reply = http_get(
+        &m.node_manifest_url("broken", "v1"),
+        &[&format!("Accept: {ACCEPT_ALL}")],
+    )?;
+    assert_eq!(
+        reply.status,
+        502,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert_eq!(error_code(&reply.body), "MANIFEST_INVALID");
 
     // A real manifest whose stored bytes were changed: the digest no longer matches.
     let built = push_one(&m, "tampered", 1000, 5)?;
     damage(&m, &built.manifest)?;
     for reference in ["v1".to_owned(), built.manifest.to_string()] {
-        let reply = http_get(&m.node_manifest_url("tampered", &reference), &[&format!("Accept: {ACCEPT_ALL}")])?;
+        let reply = http_get(
+            &m.node_manifest_url("tampered", &reference),
+            &[&format!("Accept: {ACCEPT_ALL}")],
+        )?;
         assert_eq!(reply.status, 502, "{reference}");
         assert_eq!(error_code(&reply.body), "DIGEST_INVALID", "{reference}");
     }
@@ -154,12 +206,22 @@ fn malformed_and_mislabelled_manifests_are_refused() -> anyhow::Result<()> {
 fn unknown_repositories_and_tags_get_the_origins_404() -> anyhow::Result<()> {
     let m = Mirror::start(&[])?;
     push_one(&m, "known", 1000, 6)?;
-    let reply = http_get(&m.node_manifest_url("nothere", "v1"), &[&format!("Accept: {ACCEPT_ALL}")])?;
+    let reply = http_get(
+        &m.node_manifest_url("nothere", "v1"),
+        &[&format!("Accept: {ACCEPT_ALL}")],
+    )?;
     assert_eq!(reply.status, 404);
     // distribution 2.8 says MANIFEST_UNKNOWN for an unknown repository too; the node
     // passes the origin's own answer through.
-    assert!(String::from_utf8_lossy(&reply.body).contains("_UNKNOWN"), "{}", String::from_utf8_lossy(&reply.body));
-    let reply = http_get(&m.node_manifest_url("known", "v9"), &[&format!("Accept: {ACCEPT_ALL}")])?;
+    assert!(
+        String::from_utf8_lossy(&reply.body).contains("_UNKNOWN"),
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let reply = http_get(
+        &m.node_manifest_url("known", "v9"),
+        &[&format!("Accept: {ACCEPT_ALL}")],
+    )?;
     assert_eq!(reply.status, 404);
     assert!(String::from_utf8_lossy(&reply.body).contains("MANIFEST_UNKNOWN"));
     let reply = http_get(&m.node_blob_url("known", &Digest::of(b"absent")), &[])?;
@@ -167,9 +229,17 @@ fn unknown_repositories_and_tags_get_the_origins_404() -> anyhow::Result<()> {
     let reply = http_get(&format!("{}/v2/Bad_Name/manifests/v1", m.node.url()), &[])?;
     assert_eq!(reply.status, 400);
     assert_eq!(error_code(&reply.body), "NAME_INVALID");
-    let err = skopeo_copy(&m.registries_conf()?, &format!("{}/nothere:v1", m.alias), &m.path("out"), &[])
-        .expect_err("pulling an unknown repository must fail");
-    assert!(format!("{err:#}").to_lowercase().contains("unknown"), "{err:#}");
+    let err = skopeo_copy(
+        &m.registries_conf()?,
+        &format!("{}/nothere:v1", m.alias),
+        &m.path("out"),
+        &[],
+    )
+    .expect_err("pulling an unknown repository must fail");
+    assert!(
+        format!("{err:#}").to_lowercase().contains("unknown"),
+        "{err:#}"
+    );
     assert_clean(&m, 0)?;
     Ok(())
 }

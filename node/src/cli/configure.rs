@@ -59,7 +59,8 @@ pub fn run(args: &ConfigureArgs) -> anyhow::Result<()> {
             format!("http://{addr}")
         }
     };
-    let node_url = url::Url::parse(&node).with_context(|| format!("--node {node:?} is not a URL"))?;
+    let node_url =
+        url::Url::parse(&node).with_context(|| format!("--node {node:?} is not a URL"))?;
     let node_authority = match node_url.port() {
         Some(p) => format!("{}:{p}", node_url.host_str().unwrap_or_default()),
         None => node_url.host_str().unwrap_or_default().to_owned(),
@@ -73,11 +74,23 @@ pub fn run(args: &ConfigureArgs) -> anyhow::Result<()> {
     } else {
         args.only.clone()
     };
-    let upstreams = hosts.iter().map(|h| config.upstream(Some(h))).collect::<anyhow::Result<Vec<_>>>()?;
+    let upstreams = hosts
+        .iter()
+        .map(|h| config.upstream(Some(h)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let node_insecure = node_url.scheme() == "http";
     match args.engine {
         Engine::Podman | Engine::Crio => {
-            print!("{}", registries_conf(args.engine, &node, &node_authority, node_insecure, &upstreams));
+            print!(
+                "{}",
+                registries_conf(
+                    args.engine,
+                    &node,
+                    &node_authority,
+                    node_insecure,
+                    &upstreams
+                )
+            );
         }
         Engine::Containerd => {
             for up in &upstreams {
@@ -87,7 +100,8 @@ pub fn run(args: &ConfigureArgs) -> anyhow::Result<()> {
                         let path = dir.join(&up.host).join("hosts.toml");
                         std::fs::create_dir_all(path.parent().unwrap_or(dir))
                             .with_context(|| format!("cannot create {}", dir.display()))?;
-                        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+                        std::fs::write(&path, text)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
                         eprintln!("wrote {}", path.display());
                     }
                     None => print!("{text}"),
@@ -109,7 +123,13 @@ pub fn run(args: &ConfigureArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn registries_conf(engine: Engine, node: &str, node_authority: &str, node_insecure: bool, upstreams: &[Upstream]) -> String {
+fn registries_conf(
+    engine: Engine,
+    node: &str,
+    node_authority: &str,
+    node_insecure: bool,
+    upstreams: &[Upstream],
+) -> String {
     let file = match engine {
         Engine::Crio => "/etc/containers/registries.conf (CRI-O reads it; restart crio after)",
         _ => "/etc/containers/registries.conf, or a file in registries.conf.d/",
@@ -119,8 +139,15 @@ fn registries_conf(engine: Engine, node: &str, node_authority: &str, node_insecu
          # If the node is down, the engine falls back to the registry itself.\n"
     );
     for up in upstreams {
-        let location = if up.host == DOCKER_HUB_HOST { "docker.io".to_owned() } else { up.host.clone() };
-        out.push_str(&format!("\n[[registry]]\nprefix = \"{}\"\nlocation = \"{location}\"\n", up.host));
+        let location = if up.host == DOCKER_HUB_HOST {
+            "docker.io".to_owned()
+        } else {
+            up.host.clone()
+        };
+        out.push_str(&format!(
+            "\n[[registry]]\nprefix = \"{}\"\nlocation = \"{location}\"\n",
+            up.host
+        ));
         if up.url.scheme() == "http" {
             out.push_str("insecure = true\n");
         }
@@ -172,14 +199,23 @@ mod tests {
             true,
             &[up("127.0.0.1:5000", "http://127.0.0.1:5000")],
         );
-        assert!(text.contains("location = \"127.0.0.1:5050/127.0.0.1_5000\""), "{text}");
+        assert!(
+            text.contains("location = \"127.0.0.1:5050/127.0.0.1_5000\""),
+            "{text}"
+        );
         assert!(text.contains("prefix = \"127.0.0.1:5000\""), "{text}");
     }
 
     #[test]
     fn containerd_server_is_the_registry_itself() {
-        let text = hosts_toml("http://127.0.0.1:5050", &up("docker.io", "https://registry-1.docker.io"));
-        assert!(text.contains("server = \"https://registry-1.docker.io\""), "{text}");
+        let text = hosts_toml(
+            "http://127.0.0.1:5050",
+            &up("docker.io", "https://registry-1.docker.io"),
+        );
+        assert!(
+            text.contains("server = \"https://registry-1.docker.io\""),
+            "{text}"
+        );
         assert!(text.contains("[host.\"http://127.0.0.1:5050\"]"), "{text}");
     }
 }

@@ -95,18 +95,43 @@ async fn fetch_stats(node: &str) -> anyhow::Result<StatsSnapshot> {
         .get(&url)
         .send()
         .await
-        .with_context(|| format!("cannot reach the node at {node} (is `shoal node` running? use --node URL)"))?;
+        .with_context(|| {
+            format!("cannot reach the node at {node} (is `shoal node` running? use --node URL)")
+        })?;
     if !response.status().is_success() {
-        anyhow::bail!("the node at {node} answered {} for {url}", response.status());
+        anyhow::bail!(
+            "the node at {node} answered {} for {url}",
+            response.status()
+        );
     }
-    response.json().await.with_context(|| format!("{url} did not answer with shoal stats"))
+    response
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer with shoal stats"))
 }
 
 fn print_stats(s: &StatsSnapshot) {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    println!("store:   {} blobs, {:.1} MiB ({} pieces, {:.1} MiB on disk), {} partial", s.blobs, mib(s.blob_bytes), s.pieces, mib(s.piece_bytes), s.partial_blobs);
-    println!("origin:  {:.1} MiB received, {} blob fetches, {} digest mismatches", mib(s.bytes_from_origin), s.origin_fetches, s.digest_mismatches);
-    println!("clients: {:.1} MiB served, {} blobs, {} manifests", mib(s.bytes_served), s.blobs_served, s.manifests_served);
+    println!(
+        "store:   {} blobs, {:.1} MiB ({} pieces, {:.1} MiB on disk), {} partial",
+        s.blobs,
+        mib(s.blob_bytes),
+        s.pieces,
+        mib(s.piece_bytes),
+        s.partial_blobs
+    );
+    println!(
+        "origin:  {:.1} MiB received, {} blob fetches, {} digest mismatches",
+        mib(s.bytes_from_origin),
+        s.origin_fetches,
+        s.digest_mismatches
+    );
+    println!(
+        "clients: {:.1} MiB served, {} blobs, {} manifests",
+        mib(s.bytes_served),
+        s.blobs_served,
+        s.manifests_served
+    );
 }
 
 #[cfg(test)]

@@ -23,12 +23,21 @@ pub struct MirrorError {
 
 impl MirrorError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        MirrorError { status, code, message: message.into(), passthrough: None }
+        MirrorError {
+            status,
+            code,
+            message: message.into(),
+            passthrough: None,
+        }
     }
 
     /// A path that is not part of the pull API.
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", "not a distribution-spec pull endpoint")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "not a distribution-spec pull endpoint",
+        )
     }
 
     /// A method other than GET or HEAD.
@@ -36,7 +45,9 @@ impl MirrorError {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
-            format!("{method} is not supported: shoal is a pull-through mirror; push to the origin registry"),
+            format!(
+                "{method} is not supported: shoal is a pull-through mirror; push to the origin registry"
+            ),
         )
     }
 
@@ -65,14 +76,22 @@ impl MirrorError {
 
     /// A range past the end of a blob.
     pub fn unsatisfiable(size: u64) -> Self {
-        let mut e = Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", format!("the blob has {size} bytes"));
+        let mut e = Self::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "RANGE_INVALID",
+            format!("the blob has {size} bytes"),
+        );
         e.passthrough = None;
         e
     }
 
     /// A failure of the node itself.
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("shoal node error: {e}"))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNKNOWN",
+            format!("shoal node error: {e}"),
+        )
     }
 }
 
@@ -80,25 +99,41 @@ impl From<OriginError> for MirrorError {
     fn from(e: OriginError) -> Self {
         let message = e.to_string();
         match e {
-            OriginError::Status { status, body, content_type, .. } => {
+            OriginError::Status {
+                status,
+                body,
+                content_type,
+                ..
+            } => {
                 // 4xx answers (unknown repository, tag or blob) are the origin's to
                 // give: pass them through. A 5xx is the origin failing: say so as 502.
                 if status.is_client_error() && status != StatusCode::UNAUTHORIZED {
-                    MirrorError { status, code: "UNKNOWN", message, passthrough: Some((body, content_type)) }
+                    MirrorError {
+                        status,
+                        code: "UNKNOWN",
+                        message,
+                        passthrough: Some((body, content_type)),
+                    }
                 } else if status == StatusCode::UNAUTHORIZED {
                     Self::new(
                         StatusCode::FORBIDDEN,
                         "DENIED",
-                        format!("{message}: the origin needs credentials; configure them for this upstream in the node's config"),
+                        format!(
+                            "{message}: the origin needs credentials; configure them for this upstream in the node's config"
+                        ),
                     )
                 } else {
                     Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message)
                 }
             }
             OriginError::Auth { .. } => Self::new(StatusCode::FORBIDDEN, "DENIED", message),
-            OriginError::Unreachable { .. } => Self::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message),
+            OriginError::Unreachable { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message)
+            }
             OriginError::Protocol { .. } => Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
-            OriginError::Config { .. } => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", message),
+            OriginError::Config { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", message)
+            }
         }
     }
 }
@@ -107,12 +142,18 @@ impl From<BlobError> for MirrorError {
     fn from(e: BlobError) -> Self {
         match e {
             BlobError::Origin(o) => o.into(),
-            BlobError::DigestMismatch { .. } => Self::new(StatusCode::BAD_GATEWAY, "DIGEST_INVALID", e.to_string()),
-            BlobError::TooLarge { .. } => Self::new(StatusCode::FORBIDDEN, "SIZE_INVALID", e.to_string()),
+            BlobError::DigestMismatch { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "DIGEST_INVALID", e.to_string())
+            }
+            BlobError::TooLarge { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "SIZE_INVALID", e.to_string())
+            }
             BlobError::Overlong { .. } | BlobError::Interrupted { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string())
             }
-            BlobError::Store(_) | BlobError::Damaged(_) | BlobError::Internal(_) => Self::internal(e),
+            BlobError::Store(_) | BlobError::Damaged(_) | BlobError::Internal(_) => {
+                Self::internal(e)
+            }
         }
     }
 }
@@ -124,10 +165,12 @@ impl From<ManifestFetchError> for MirrorError {
             ManifestFetchError::DigestMismatch { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "DIGEST_INVALID", e.to_string())
             }
-            ManifestFetchError::Invalid { .. } => Self::new(StatusCode::BAD_GATEWAY, "MANIFEST_INVALID", e.to_string()),
-            ManifestFetchError::Store(_) | ManifestFetchError::Damaged(_) | ManifestFetchError::Internal(_) => {
-                Self::internal(e)
+            ManifestFetchError::Invalid { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "MANIFEST_INVALID", e.to_string())
             }
+            ManifestFetchError::Store(_)
+            | ManifestFetchError::Damaged(_)
+            | ManifestFetchError::Internal(_) => Self::internal(e),
         }
     }
 }
@@ -136,9 +179,12 @@ impl IntoResponse for MirrorError {
     fn into_response(self) -> Response {
         tracing::info!(status = %self.status, code = self.code, "request failed: {}", self.message);
         let (body, content_type) = match self.passthrough {
-            Some((body, ct)) if !body.is_empty() => (body, ct.unwrap_or_else(|| "application/json".into())),
+            Some((body, ct)) if !body.is_empty() => {
+                (body, ct.unwrap_or_else(|| "application/json".into()))
+            }
             _ => {
-                let doc = serde_json::json!({"errors": [{"code": self.code, "message": self.message}]});
+                let doc =
+                    serde_json::json!({"errors": [{"code": self.code, "message": self.message}]});
                 (doc.to_string().into(), "application/json".into())
             }
         };

@@ -41,8 +41,14 @@ pub fn router(node: Arc<Node>) -> Router {
 async fn api_root() -> Response {
     let mut r = Response::new(Body::from("{}"));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static(API_VERSION),
+    );
     r
 }
 
@@ -62,14 +68,22 @@ enum Target {
 /// Splits `/v2/<name...>/<kind>/<ref>` into the registry named in the path (if any),
 /// the repository and the target.
 fn parse_path(path: &str) -> Result<(Option<String>, RepoName, Target), MirrorError> {
-    let rest = path.strip_prefix("/v2/").ok_or_else(MirrorError::not_found)?;
+    let rest = path
+        .strip_prefix("/v2/")
+        .ok_or_else(MirrorError::not_found)?;
     let parts: Vec<&str> = rest.split('/').collect();
     if parts.len() < 3 {
         return Err(MirrorError::not_found());
     }
-    let (name_parts, kind, last) = (&parts[..parts.len() - 2], parts[parts.len() - 2], parts[parts.len() - 1]);
+    let (name_parts, kind, last) = (
+        &parts[..parts.len() - 2],
+        parts[parts.len() - 2],
+        parts[parts.len() - 1],
+    );
     let target = match kind {
-        "manifests" => Target::Manifest(Reference::parse(last).map_err(MirrorError::bad_reference)?),
+        "manifests" => {
+            Target::Manifest(Reference::parse(last).map_err(MirrorError::bad_reference)?)
+        }
         "blobs" => Target::Blob(last.parse().map_err(|e| MirrorError::bad_digest(&e))?),
         "tags" if last == "list" => Target::Tags,
         _ => return Err(MirrorError::not_found()),
@@ -104,21 +118,31 @@ async fn dispatch(
     }
     let (path_registry, repo, target) = parse_path(uri.path())?;
     let registry = ns_param(query.as_deref()).or(path_registry);
-    let upstream = node.config.upstream(registry.as_deref()).map_err(MirrorError::bad_registry)?;
+    let upstream = node
+        .config
+        .upstream(registry.as_deref())
+        .map_err(MirrorError::bad_registry)?;
     let source = Source { upstream, repo };
     let head = method == Method::HEAD;
     let mut response = match target {
         Target::Manifest(reference) => manifest(&node, &source, &reference, &headers, head).await?,
         Target::Blob(digest) => blob(&node, &source, digest, &headers, head).await?,
         Target::Tags => {
-            let extra: String = url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-                .filter(|(k, _)| k == "n" || k == "last")
-                .fold(url::form_urlencoded::Serializer::new(String::new()), |mut s, (k, v)| {
-                    s.append_pair(&k, &v);
-                    s
-                })
-                .finish();
-            let (body, content_type) = node.origin.tags(&source.upstream, &source.repo, &extra).await?;
+            let extra: String =
+                url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k == "n" || k == "last")
+                    .fold(
+                        url::form_urlencoded::Serializer::new(String::new()),
+                        |mut s, (k, v)| {
+                            s.append_pair(&k, &v);
+                            s
+                        },
+                    )
+                    .finish();
+            let (body, content_type) = node
+                .origin
+                .tags(&source.upstream, &source.repo, &extra)
+                .await?;
             let mut r = Response::new(Body::from(body));
             let ct = content_type.unwrap_or_else(|| "application/json".into());
             if let Ok(v) = HeaderValue::from_str(&ct) {
@@ -127,9 +151,10 @@ async fn dispatch(
             r
         }
     };
-    response
-        .headers_mut()
-        .insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static(API_VERSION),
+    );
     Ok(response)
 }
 
@@ -174,12 +199,19 @@ async fn blob(
     if head {
         let size = match node.blobs.known_size(&digest)? {
             Some(size) => size,
-            None => node.origin.blob_size(&source.upstream, &source.repo, &digest).await?,
+            None => {
+                node.origin
+                    .blob_size(&source.upstream, &source.repo, &digest)
+                    .await?
+            }
         };
         let mut r = Response::new(Body::empty());
         let h = r.headers_mut();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         insert_digest(h, &digest);
         return Ok(r);
@@ -188,7 +220,13 @@ async fn blob(
     let size = open.size();
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, range) = match parse_range(range_header, size) {
-        RangeRequest::Whole => (StatusCode::OK, shoal_protocol::range::ByteRange { start: 0, end: size }),
+        RangeRequest::Whole => (
+            StatusCode::OK,
+            shoal_protocol::range::ByteRange {
+                start: 0,
+                end: size,
+            },
+        ),
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
         RangeRequest::Unsatisfiable => return Err(MirrorError::unsatisfiable(size)),
     };
@@ -196,12 +234,21 @@ async fn blob(
     let mut r = Response::new(Body::from_stream(open.stream(range)));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(range.end - range.start),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if status == StatusCode::PARTIAL_CONTENT {
         let v = format!("bytes {}-{}/{size}", range.start, range.end - 1);
-        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&v).map_err(MirrorError::internal)?);
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&v).map_err(MirrorError::internal)?,
+        );
     }
     insert_digest(h, &digest);
     Ok(r)
@@ -221,11 +268,24 @@ mod tests {
     fn paths_engines_send() {
         let d = Digest::of(b"x");
         let (reg, repo, t) = parse_path("/v2/library/debian/manifests/bookworm").unwrap();
-        assert_eq!((reg, repo.as_str(), t), (None, "library/debian", Target::Manifest(Reference::Tag("bookworm".into()))));
+        assert_eq!(
+            (reg, repo.as_str(), t),
+            (
+                None,
+                "library/debian",
+                Target::Manifest(Reference::Tag("bookworm".into()))
+            )
+        );
         let (reg, repo, t) = parse_path(&format!("/v2/127.0.0.1_5000/app/blobs/{d}")).unwrap();
-        assert_eq!((reg.as_deref(), repo.as_str(), t), (Some("127.0.0.1:5000"), "app", Target::Blob(d)));
+        assert_eq!(
+            (reg.as_deref(), repo.as_str(), t),
+            (Some("127.0.0.1:5000"), "app", Target::Blob(d))
+        );
         let (reg, repo, _) = parse_path("/v2/docker.io/library/alpine/tags/list").unwrap();
-        assert_eq!((reg.as_deref(), repo.as_str()), (Some("docker.io"), "library/alpine"));
+        assert_eq!(
+            (reg.as_deref(), repo.as_str()),
+            (Some("docker.io"), "library/alpine")
+        );
         // A lone component is a repository even if it looks like a host.
         let (reg, repo, _) = parse_path("/v2/my.app/manifests/v1").unwrap();
         assert_eq!((reg, repo.as_str()), (None, "my.app"));
@@ -238,7 +298,10 @@ mod tests {
     #[test]
     fn ns_parameter() {
         assert_eq!(ns_param(Some("ns=docker.io")).as_deref(), Some("docker.io"));
-        assert_eq!(ns_param(Some("a=b&ns=127.0.0.1%3A5000")).as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(
+            ns_param(Some("a=b&ns=127.0.0.1%3A5000")).as_deref(),
+            Some("127.0.0.1:5000")
+        );
         assert_eq!(ns_param(None), None);
     }
 }

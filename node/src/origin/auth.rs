@@ -78,20 +78,34 @@ impl Auth {
             Challenge::Basic { .. } => Cached {
                 header: basic(up.credentials.as_ref().ok_or_else(|| OriginError::Auth {
                     url: url.clone(),
-                    detail: format!("it asks for basic credentials for {repo}; none are configured for {}", up.host),
+                    detail: format!(
+                        "it asks for basic credentials for {repo}; none are configured for {}",
+                        up.host
+                    ),
                 })?),
                 until: None,
             },
-            Challenge::Bearer { realm, service, scope } => {
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
                 let scope = scope.unwrap_or_else(|| format!("repository:{repo}:pull"));
-                self.token(client, up, &realm, service.as_deref(), &scope, timeout).await?
+                self.token(client, up, &realm, service.as_deref(), &scope, timeout)
+                    .await?
             }
         };
         if cached.as_deref() == Some(fresh.header.as_str()) {
             // The same authorization was just refused: asking again would loop.
-            return Err(OriginError::Auth { url, detail: "the credentials were refused".into() });
+            return Err(OriginError::Auth {
+                url,
+                detail: "the credentials were refused".into(),
+            });
         }
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, fresh.clone());
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, fresh.clone());
         make()
             .header(AUTHORIZATION, fresh.header)
             .send()
@@ -151,14 +165,18 @@ impl Auth {
             other => other,
         })?;
         let body = read_limited(&url_s, response, 1 << 20).await?;
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| OriginError::Auth {
-            url: url_s.clone(),
-            detail: format!("the token server's answer is not a token: {e}"),
-        })?;
-        let token = parsed.token.or(parsed.access_token).ok_or_else(|| OriginError::Auth {
-            url: url_s.clone(),
-            detail: "the token server's answer holds no token".into(),
-        })?;
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| OriginError::Auth {
+                url: url_s.clone(),
+                detail: format!("the token server's answer is not a token: {e}"),
+            })?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .ok_or_else(|| OriginError::Auth {
+                url: url_s.clone(),
+                detail: "the token server's answer holds no token".into(),
+            })?;
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME));
         Ok(Cached {
             header: format!("Bearer {token}"),
@@ -169,5 +187,8 @@ impl Auth {
 
 fn basic(c: &Credentials) -> String {
     let raw = format!("{}:{}", c.username, c.password);
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
 }

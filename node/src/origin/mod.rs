@@ -107,7 +107,11 @@ pub struct Origin {
 impl Origin {
     /// A client with `config`'s timeouts.
     pub fn new(config: OriginConfig) -> Self {
-        Origin { config, clients: Mutex::new(HashMap::new()), auth: Auth::default() }
+        Origin {
+            config,
+            clients: Mutex::new(HashMap::new()),
+            auth: Auth::default(),
+        }
     }
 
     fn client(&self, up: &Upstream) -> Result<reqwest::Client, OriginError> {
@@ -115,7 +119,10 @@ impl Origin {
         if let Some(c) = clients.get(&up.host) {
             return Ok(c.clone());
         }
-        let config_err = |detail: String| OriginError::Config { host: up.host.clone(), detail };
+        let config_err = |detail: String| OriginError::Config {
+            host: up.host.clone(),
+            detail,
+        };
         let mut builder = reqwest::Client::builder()
             .connect_timeout(self.config.connect_timeout)
             .no_proxy()
@@ -124,8 +131,12 @@ impl Origin {
         if let Some(ca) = &up.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| config_err(format!("cannot read ca_file {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| config_err(format!("ca_file {} is not a PEM certificate: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                config_err(format!(
+                    "ca_file {} is not a PEM certificate: {e}",
+                    ca.display()
+                ))
+            })?;
             builder = builder.add_root_certificate(cert);
         }
         let client = builder.build().map_err(|e| config_err(e.to_string()))?;
@@ -158,8 +169,13 @@ impl Origin {
         let response = check_status(&url, response).await?;
         let content_type = header(&response, CONTENT_TYPE.as_str());
         let digest_header = header(&response, "docker-content-digest");
-        let bytes = read_limited(&url, response, shoal_protocol::manifest::MAX_MANIFEST_SIZE).await?;
-        Ok(OriginManifest { bytes, content_type, digest_header })
+        let bytes =
+            read_limited(&url, response, shoal_protocol::manifest::MAX_MANIFEST_SIZE).await?;
+        Ok(OriginManifest {
+            bytes,
+            content_type,
+            digest_header,
+        })
     }
 
     /// Starts fetching blob `digest` from byte `offset` on; the caller reads the body.
@@ -176,41 +192,84 @@ impl Origin {
             .auth
             .send(&client, up, repo, self.config.manifest_timeout, || {
                 let req = client.get(&url);
-                if offset > 0 { req.header(RANGE, format!("bytes={offset}-")) } else { req }
+                if offset > 0 {
+                    req.header(RANGE, format!("bytes={offset}-"))
+                } else {
+                    req
+                }
             })
             .await?;
         let response = check_status(&url, response).await?;
-        let bad = |detail: String| OriginError::Protocol { url: url.clone(), detail };
-        let length: Option<u64> = header(&response, CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok());
+        let bad = |detail: String| OriginError::Protocol {
+            url: url.clone(),
+            detail,
+        };
+        let length: Option<u64> =
+            header(&response, CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok());
         let (start, total) = if response.status() == StatusCode::PARTIAL_CONTENT {
             let range = header(&response, CONTENT_RANGE.as_str())
                 .ok_or_else(|| bad("206 without Content-Range".into()))?;
-            parse_content_range(&range).ok_or_else(|| bad(format!("unusable Content-Range {range:?}")))?
+            parse_content_range(&range)
+                .ok_or_else(|| bad(format!("unusable Content-Range {range:?}")))?
         } else {
-            (0, length.ok_or_else(|| bad("no Content-Length for a blob".into()))?)
+            (
+                0,
+                length.ok_or_else(|| bad("no Content-Length for a blob".into()))?,
+            )
         };
-        Ok(OriginBlob { start, total, response })
+        Ok(OriginBlob {
+            start,
+            total,
+            response,
+        })
     }
 
     /// Asks whether the upstream has blob `digest`; returns its size.
-    pub async fn blob_size(&self, up: &Upstream, repo: &RepoName, digest: &Digest) -> Result<u64, OriginError> {
+    pub async fn blob_size(
+        &self,
+        up: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<u64, OriginError> {
         let url = Self::url(up, repo, &format!("blobs/{digest}"));
         let client = self.client(up)?;
         let timeout = self.config.manifest_timeout;
-        let response = self.auth.send(&client, up, repo, timeout, || client.head(&url).timeout(timeout)).await?;
+        let response = self
+            .auth
+            .send(&client, up, repo, timeout, || {
+                client.head(&url).timeout(timeout)
+            })
+            .await?;
         let response = check_status(&url, response).await?;
         header(&response, CONTENT_LENGTH.as_str())
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| OriginError::Protocol { url, detail: "HEAD without Content-Length".into() })
+            .ok_or_else(|| OriginError::Protocol {
+                url,
+                detail: "HEAD without Content-Length".into(),
+            })
     }
 
     /// Fetches `tags/list` for a repository, passing `query` (pagination) through.
-    pub async fn tags(&self, up: &Upstream, repo: &RepoName, query: &str) -> Result<(Bytes, Option<String>), OriginError> {
-        let tail = if query.is_empty() { "tags/list".to_owned() } else { format!("tags/list?{query}") };
+    pub async fn tags(
+        &self,
+        up: &Upstream,
+        repo: &RepoName,
+        query: &str,
+    ) -> Result<(Bytes, Option<String>), OriginError> {
+        let tail = if query.is_empty() {
+            "tags/list".to_owned()
+        } else {
+            format!("tags/list?{query}")
+        };
         let url = Self::url(up, repo, &tail);
         let client = self.client(up)?;
         let timeout = self.config.manifest_timeout;
-        let response = self.auth.send(&client, up, repo, timeout, || client.get(&url).timeout(timeout)).await?;
+        let response = self
+            .auth
+            .send(&client, up, repo, timeout, || {
+                client.get(&url).timeout(timeout)
+            })
+            .await?;
         let response = check_status(&url, response).await?;
         let content_type = header(&response, CONTENT_TYPE.as_str());
         Ok((read_limited(&url, response, 4 << 20).await?, content_type))
@@ -218,22 +277,40 @@ impl Origin {
 }
 
 fn header(response: &reqwest::Response, name: &str) -> Option<String> {
-    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Turns an error status into [`OriginError::Status`], keeping (some of) its body.
-async fn check_status(url: &str, response: reqwest::Response) -> Result<reqwest::Response, OriginError> {
+async fn check_status(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, OriginError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
     let content_type = header(&response, CONTENT_TYPE.as_str());
-    let body = read_limited(url, response, MAX_ERROR_BODY).await.unwrap_or_default();
-    Err(OriginError::Status { url: url.to_owned(), status, body, content_type })
+    let body = read_limited(url, response, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    Err(OriginError::Status {
+        url: url.to_owned(),
+        status,
+        body,
+        content_type,
+    })
 }
 
 /// Reads a whole body of at most `limit` bytes.
-async fn read_limited(url: &str, response: reqwest::Response, limit: usize) -> Result<Bytes, OriginError> {
+async fn read_limited(
+    url: &str,
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, OriginError> {
     let mut out = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -254,7 +331,8 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (start, end) = range.split_once('-')?;
-    let (start, end, total): (u64, u64, u64) = (start.parse().ok()?, end.parse().ok()?, total.parse().ok()?);
+    let (start, end, total): (u64, u64, u64) =
+        (start.parse().ok()?, end.parse().ok()?, total.parse().ok()?);
     (start <= end && end < total).then_some((start, total))
 }
 
@@ -267,7 +345,10 @@ pub(crate) fn unreachable(url: &str, e: &reqwest::Error) -> OriginError {
         detail.push_str(&s.to_string());
         source = s.source();
     }
-    OriginError::Unreachable { url: url.to_owned(), detail }
+    OriginError::Unreachable {
+        url: url.to_owned(),
+        detail,
+    }
 }
 
 /// A duration as whole seconds for messages.

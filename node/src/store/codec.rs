@@ -53,7 +53,10 @@ pub fn decode_partial(key: &str, bytes: &[u8]) -> Result<PartialBlob, StoreError
     let total = r.u64()?;
     let pieces = r.pieces()?;
     r.end()?;
-    Ok(PartialBlob { bytes: total, pieces })
+    Ok(PartialBlob {
+        bytes: total,
+        pieces,
+    })
 }
 
 /// Encodes a tag record.
@@ -79,13 +82,23 @@ pub fn decode_tag(key: &str, bytes: &[u8]) -> Result<TagRecord, StoreError> {
         .map_err(|_| r.bad("media type is not UTF-8"))?
         .to_owned();
     r.end()?;
-    Ok(TagRecord { digest, media_type, resolved_at })
+    Ok(TagRecord {
+        digest,
+        media_type,
+        resolved_at,
+    })
 }
 
 /// Encodes the store's totals.
 pub fn encode_totals(t: &Totals) -> Vec<u8> {
     let mut out = vec![V1];
-    for v in [t.blobs, t.blob_bytes, t.pieces, t.piece_bytes, t.partial_blobs] {
+    for v in [
+        t.blobs,
+        t.blob_bytes,
+        t.pieces,
+        t.piece_bytes,
+        t.partial_blobs,
+    ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out
@@ -141,7 +154,10 @@ impl<'a> Reader<'a> {
     }
 
     fn bad(&self, why: &str) -> StoreError {
-        StoreError::BadRecord { key: self.key.to_owned(), why: why.to_owned() }
+        StoreError::BadRecord {
+            key: self.key.to_owned(),
+            why: why.to_owned(),
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
@@ -162,7 +178,9 @@ impl<'a> Reader<'a> {
     fn version(&mut self) -> Result<(), StoreError> {
         match self.take(1)?[0] {
             V1 => Ok(()),
-            v => Err(self.bad(&format!("record version {v} is newer than this shoal knows"))),
+            v => Err(self.bad(&format!(
+                "record version {v} is newer than this shoal knows"
+            ))),
         }
     }
 
@@ -219,12 +237,28 @@ mod tests {
 
     #[test]
     fn other_records_round_trip() {
-        let p = PartialBlob { bytes: 5, pieces: vec![PieceId::of(b"a")] };
+        let p = PartialBlob {
+            bytes: 5,
+            pieces: vec![PieceId::of(b"a")],
+        };
         assert_eq!(decode_partial("k", &encode_partial(&p)).unwrap(), p);
-        let t = TagRecord { digest: Digest::of(b"m"), media_type: "x/y".into(), resolved_at: 9 };
+        let t = TagRecord {
+            digest: Digest::of(b"m"),
+            media_type: "x/y".into(),
+            resolved_at: 9,
+        };
         assert_eq!(decode_tag("k", &encode_tag(&t)).unwrap(), t);
-        let tot = Totals { blobs: 1, blob_bytes: 2, pieces: 3, piece_bytes: 4, partial_blobs: 5 };
+        let tot = Totals {
+            blobs: 1,
+            blob_bytes: 2,
+            pieces: 3,
+            piece_bytes: 4,
+            partial_blobs: 5,
+        };
         assert_eq!(decode_totals(&encode_totals(&tot)).unwrap(), tot);
-        assert_eq!(decode_piece_ref("k", &encode_piece_ref(7, 8)).unwrap(), (7, 8));
+        assert_eq!(
+            decode_piece_ref("k", &encode_piece_ref(7, 8)).unwrap(),
+            (7, 8)
+        );
     }
 }

@@ -28,7 +28,10 @@ impl<E: Engine> ContentStore<E> {
             Some(bytes) => codec::decode_totals(&bytes)?,
             None => Totals::default(),
         };
-        Ok(ContentStore { engine, writer: Mutex::new(totals) })
+        Ok(ContentStore {
+            engine,
+            writer: Mutex::new(totals),
+        })
     }
 
     /// The engine underneath, for checks that look past the store's rules.
@@ -43,7 +46,12 @@ impl<E: Engine> ContentStore<E> {
     }
 
     /// Writes `batch` with the new totals, and keeps them only if the write succeeded.
-    fn commit(&self, totals: &mut Totals, next: Totals, mut batch: Batch) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        totals: &mut Totals,
+        next: Totals,
+        mut batch: Batch,
+    ) -> Result<(), StoreError> {
         batch.put(Table::Meta, TOTALS_KEY, codec::encode_totals(&next));
         self.engine.write(batch)?;
         *totals = next;
@@ -65,7 +73,9 @@ impl<E: Engine> ContentStore<E> {
             };
             let new = count as i64 + delta;
             if new < 0 {
-                return Err(StoreError::Conflict(format!("piece {id} released more often than used")));
+                return Err(StoreError::Conflict(format!(
+                    "piece {id} released more often than used"
+                )));
             }
             if count == 0 && new > 0 {
                 let bytes = bytes.ok_or_else(|| {
@@ -81,7 +91,11 @@ impl<E: Engine> ContentStore<E> {
                 next.pieces = next.pieces.saturating_sub(1);
                 next.piece_bytes = next.piece_bytes.saturating_sub(size);
             } else {
-                batch.put(Table::PieceRefs, &id.0, codec::encode_piece_ref(new as u64, size).to_vec());
+                batch.put(
+                    Table::PieceRefs,
+                    &id.0,
+                    codec::encode_piece_ref(new as u64, size).to_vec(),
+                );
             }
         }
         Ok(())
@@ -146,7 +160,12 @@ impl<E: Engine> Store for ContentStore<E> {
             .collect()
     }
 
-    fn append_piece(&self, digest: &Digest, index: u64, bytes: &[u8]) -> Result<PieceId, StoreError> {
+    fn append_piece(
+        &self,
+        digest: &Digest,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<PieceId, StoreError> {
         let mut totals = self.writer();
         let mut next = *totals;
         let existing = self.partial(digest)?;
@@ -163,10 +182,18 @@ impl<E: Engine> Store for ContentStore<E> {
         }
         let id = PieceId::of(bytes);
         let mut batch = Batch::default();
-        self.apply_refs(&mut batch, &mut next, HashMap::from([(id, (1, Some(bytes)))]))?;
+        self.apply_refs(
+            &mut batch,
+            &mut next,
+            HashMap::from([(id, (1, Some(bytes)))]),
+        )?;
         partial.pieces.push(id);
         partial.bytes += bytes.len() as u64;
-        batch.put(Table::Partials, digest.as_bytes(), codec::encode_partial(&partial));
+        batch.put(
+            Table::Partials,
+            digest.as_bytes(),
+            codec::encode_partial(&partial),
+        );
         self.commit(&mut totals, next, batch)?;
         Ok(id)
     }
@@ -205,7 +232,11 @@ impl<E: Engine> Store for ContentStore<E> {
                 )));
             }
         };
-        let record = BlobRecord { size, pieces, media_type: media_type.map(str::to_owned) };
+        let record = BlobRecord {
+            size,
+            pieces,
+            media_type: media_type.map(str::to_owned),
+        };
         batch.put(Table::Blobs, digest.as_bytes(), codec::encode_blob(&record));
         next.blobs += 1;
         next.blob_bytes += size;
@@ -249,11 +280,20 @@ impl<E: Engine> Store for ContentStore<E> {
         record: &TagRecord,
     ) -> Result<(), StoreError> {
         let mut batch = Batch::default();
-        batch.put(Table::Tags, &tag_key(upstream, repo, tag), codec::encode_tag(record));
+        batch.put(
+            Table::Tags,
+            &tag_key(upstream, repo, tag),
+            codec::encode_tag(record),
+        );
         self.engine.write(batch)
     }
 
-    fn tag(&self, upstream: &str, repo: &RepoName, tag: &str) -> Result<Option<TagRecord>, StoreError> {
+    fn tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Option<TagRecord>, StoreError> {
         self.engine
             .get(Table::Tags, &tag_key(upstream, repo, tag))?
             .map(|v| codec::decode_tag(&format!("tag {upstream}/{repo}:{tag}"), &v))

@@ -6,11 +6,14 @@ use std::sync::Mutex;
 use super::StoreError;
 use super::engine::{Batch, Engine, Table};
 
+/// Every table's entries, keyed by (table, key).
+type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
 /// Tables in ordered maps behind one lock.
 #[derive(Default)]
 pub struct MemoryEngine {
     // A std Mutex: every section is a few map operations with no await inside.
-    tables: Mutex<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+    tables: Mutex<Tables>,
 }
 
 impl MemoryEngine {
@@ -19,7 +22,7 @@ impl MemoryEngine {
         Self::default()
     }
 
-    fn tables(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Table, Vec<u8>), Vec<u8>>> {
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
         // A panic while holding the lock cannot leave a map half-updated (each
         // operation is a single insert or remove), so a poisoned lock is still sound.
         self.tables.lock().unwrap_or_else(|e| e.into_inner())

@@ -124,7 +124,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `bytes` as piece number `index` of partial blob `digest`, creating the
     /// partial at index 0. `index` must be the partial's piece count and the partial
     /// must be open (no short piece yet). Returns the piece's id.
-    fn append_piece(&self, digest: &Digest, index: u64, bytes: &[u8]) -> Result<PieceId, StoreError>;
+    fn append_piece(
+        &self,
+        digest: &Digest,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<PieceId, StoreError>;
 
     /// Turns partial blob `digest` into a complete blob of `size` bytes. The caller has
     /// checked its sha256. A blob already complete is left as it is.
@@ -151,7 +156,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// What `repo:tag` at `upstream` last resolved to.
-    fn tag(&self, upstream: &str, repo: &RepoName, tag: &str) -> Result<Option<TagRecord>, StoreError>;
+    fn tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Option<TagRecord>, StoreError>;
 
     /// Totals over the store.
     fn totals(&self) -> Result<Totals, StoreError>;

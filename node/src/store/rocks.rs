@@ -23,7 +23,10 @@ impl RocksEngine {
     /// fsynced before it counts as written.
     pub fn open(dir: &Path, sync_writes: bool) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Db(format!("cannot create store directory {}: {e}", dir.display()))
+            StoreError::Db(format!(
+                "cannot create store directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -55,7 +58,10 @@ fn table_options(table: Table) -> Options {
 fn open_error(dir: &Path, e: rocksdb::Error) -> StoreError {
     let detail = e.into_string();
     if detail.contains("lock") || detail.contains("LOCK") {
-        StoreError::Locked { path: dir.display().to_string(), detail }
+        StoreError::Locked {
+            path: dir.display().to_string(),
+            detail,
+        }
     } else {
         StoreError::Db(format!("cannot open store at {}: {detail}", dir.display()))
     }

@@ -11,7 +11,11 @@ fn stores() -> Vec<(&'static str, Box<dyn Store>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let rocks = ContentStore::new(RocksEngine::open(dir.path(), false).unwrap()).unwrap();
     vec![
-        ("memory", Box::new(ContentStore::new(MemoryEngine::new()).unwrap()), None),
+        (
+            "memory",
+            Box::new(ContentStore::new(MemoryEngine::new()).unwrap()),
+            None,
+        ),
         ("rocksdb", Box::new(rocks), Some(dir)),
     ]
 }
@@ -68,7 +72,11 @@ fn shared_pieces_survive_removal_of_one_blob() {
             read_piece(store.as_ref(), id).unwrap();
         }
         let t = store.totals().unwrap();
-        assert_eq!((t.blobs, t.pieces, t.blob_bytes), (1, 2, b.len() as u64), "{name}");
+        assert_eq!(
+            (t.blobs, t.pieces, t.blob_bytes),
+            (1, 2, b.len() as u64),
+            "{name}"
+        );
         store.remove_blob(&db).unwrap();
         assert_eq!(store.totals().unwrap(), Default::default(), "{name}");
     }
@@ -127,9 +135,17 @@ fn completing_an_already_complete_blob_releases_the_second_copy() {
 fn tags_are_kept_per_upstream() {
     for (name, store, _dir) in stores() {
         let repo = RepoName::parse("app").unwrap();
-        let rec = TagRecord { digest: Digest::of(b"m"), media_type: "t".into(), resolved_at: 1 };
+        let rec = TagRecord {
+            digest: Digest::of(b"m"),
+            media_type: "t".into(),
+            resolved_at: 1,
+        };
         store.set_tag("a:5000", &repo, "v1", &rec).unwrap();
-        assert_eq!(store.tag("a:5000", &repo, "v1").unwrap(), Some(rec), "{name}");
+        assert_eq!(
+            store.tag("a:5000", &repo, "v1").unwrap(),
+            Some(rec),
+            "{name}"
+        );
         assert_eq!(store.tag("b:5000", &repo, "v1").unwrap(), None, "{name}");
     }
 }
@@ -158,11 +174,16 @@ fn reopened_rocksdb_store_keeps_blobs_and_totals() {
     {
         let store = ContentStore::new(RocksEngine::open(dir.path(), false).unwrap()).unwrap();
         store.put_blob(&d, &bytes, None).unwrap();
-        store.append_piece(&Digest::of(b"p"), 0, &bytes[..PIECE_SIZE as usize]).unwrap();
+        store
+            .append_piece(&Digest::of(b"p"), 0, &bytes[..PIECE_SIZE as usize])
+            .unwrap();
     }
     let store = ContentStore::new(RocksEngine::open(dir.path(), false).unwrap()).unwrap();
     let t = store.totals().unwrap();
-    assert_eq!((t.blobs, t.blob_bytes, t.partial_blobs), (1, bytes.len() as u64, 1));
+    assert_eq!(
+        (t.blobs, t.blob_bytes, t.partial_blobs),
+        (1, bytes.len() as u64, 1)
+    );
     // The partial shares its piece with the complete blob.
     assert_eq!(t.pieces, 4);
     let locked = RocksEngine::open(dir.path(), false).err().unwrap();
