@@ -2,7 +2,6 @@
 //! fast it ingests one from the origin, beside curl fetching the same blob straight from
 //! the docker-registry origin, rounds interleaved so that machine noise hits both.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -63,7 +62,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         // Ingest: a node with an empty store pulls the blob through itself.
         let cold = Node::start_named(dir.path(), &format!("cold-{round}"), &registry.url(), &[])?;
         let cold_url = format!("{}/v2/bench/blobs/{layer}", cold.url());
-        ingest.push(mb_s(size, fetch(&cold_url, size, &layer)?));
+        ingest.push(mb_s(size, fetch_cold(&cold_url, size)?));
         drop(cold);
         std::fs::remove_dir_all(dir.path().join(format!("cold-{round}")))?;
         eprintln!(
@@ -95,25 +94,48 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fetches `url` with curl to a file, checks size and digest, returns the time.
+/// Fetches `url` with curl once to a file and checks its digest (untimed), then
+/// times one fetch to /dev/null, checking status and size.
 fn fetch(url: &str, size: u64, digest: &Digest) -> anyhow::Result<Duration> {
-    let out = tempfile::NamedTempFile::new_in(std::env::temp_dir())?;
-    let start = Instant::now();
+    let out = tempfile::NamedTempFile::new()?;
     shoal_tests::run(
         Command::new("curl").args(["-sS", "--fail", "--noproxy", "*", "-o"]).arg(out.path()).arg(url),
         Duration::from_secs(600),
     )?;
+    let bytes = std::fs::read(out.path())?;
+    if bytes.len() as u64 != size || Digest::of(&bytes) != *digest {
+        bail!("{url} gave {} bytes that are not {digest}", bytes.len());
+    }
+    let start = Instant::now();
+    let timed = shoal_tests::run(
+        Command::new("curl")
+            .args(["-sS", "--fail", "--noproxy", "*", "-o", "/dev/null", "-w", "%{size_download}"])
+            .arg(url),
+        Duration::from_secs(600),
+    )?;
     let took = start.elapsed();
-    check(out.path(), size, digest)?;
+    let got: u64 = String::from_utf8_lossy(&timed.stdout).trim().parse().context("curl size")?;
+    if got != size {
+        bail!("{url} gave {got} of {size} bytes");
+    }
     Ok(took)
 }
 
-fn check(path: &Path, size: u64, digest: &Digest) -> anyhow::Result<()> {
-    let bytes = std::fs::read(path)?;
-    if bytes.len() as u64 != size || Digest::of(&bytes) != *digest {
-        bail!("fetched {} bytes that are not {digest}", bytes.len());
+/// Times the first fetch through a node with an empty store (its ingest), to /dev/null.
+fn fetch_cold(url: &str, size: u64) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let out = shoal_tests::run(
+        Command::new("curl")
+            .args(["-sS", "--fail", "--noproxy", "*", "-o", "/dev/null", "-w", "%{size_download}"])
+            .arg(url),
+        Duration::from_secs(600),
+    )?;
+    let took = start.elapsed();
+    let got: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("curl size")?;
+    if got != size {
+        bail!("{url} gave {got} of {size} bytes");
     }
-    Ok(())
+    Ok(took)
 }
 
 fn mb_s(bytes: u64, took: Duration) -> f64 {

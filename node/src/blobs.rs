@@ -148,6 +148,9 @@ pub struct Blobs {
     failures: Mutex<HashMap<Digest, (Instant, Arc<BlobError>)>>,
 }
 
+/// Pieces read ahead of the client while streaming a blob.
+const READ_AHEAD: usize = 4;
+
 /// How long a verification failure is remembered.
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(30);
 
@@ -534,6 +537,42 @@ fn clone_err(e: &BlobError) -> BlobError {
     }
 }
 
+/// Waits until piece `index` of a blob being fetched may be sent: it is stored, and if
+/// it is the last piece, the whole blob verified.
+async fn piece_id_when_ready(
+    mut rx: watch::Receiver<FetchState>,
+    index: u64,
+    count: u64,
+) -> Result<PieceId, BlobError> {
+    let is_last = index + 1 == count;
+    loop {
+        {
+            let s = rx.borrow_and_update();
+            match &s.outcome {
+                Outcome::Failed(e) => return Err(clone_err(e)),
+                Outcome::Complete => {
+                    return s.pieces.get(index as usize).copied().ok_or_else(|| {
+                        BlobError::Internal(format!("fetch completed without piece {index}"))
+                    });
+                }
+                Outcome::Running if !is_last => {
+                    if let Some(id) = s.pieces.get(index as usize) {
+                        return Ok(*id);
+                    }
+                }
+                Outcome::Running => {}
+            }
+        }
+        if rx.changed().await.is_err() {
+            let s = rx.borrow();
+            if !matches!(s.outcome, Outcome::Running) {
+                continue;
+            }
+            return Err(BlobError::Internal("the fetch ended without an outcome".into()));
+        }
+    }
+}
+
 /// Waits until `ready` holds or the fetch is over; returns the state then.
 async fn wait_for(
     rx: &mut watch::Receiver<FetchState>,
@@ -567,57 +606,52 @@ impl OpenBlob {
         range: ByteRange,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         let layout = PieceLayout::new(self.size);
-        let (first, last) = if range.start < range.end {
-            (layout.index_of(range.start), layout.index_of(range.end - 1))
+        let indices = if range.start < range.end {
+            layout.index_of(range.start)..layout.index_of(range.end - 1) + 1
         } else {
-            (1, 0)
+            0..0
         };
-        futures_util::stream::unfold((self, first), move |(mut blob, index)| async move {
-            if index > last {
-                return None;
-            }
-            let result = blob.piece(index, layout.count()).await.map(|bytes| {
-                let r = layout.range(index);
-                let from = range.start.max(r.start) - r.start;
-                let to = range.end.min(r.end) - r.start;
-                bytes.slice(from as usize..to as usize)
-            });
-            match result {
-                Ok(bytes) => {
-                    Stats::add(&blob.stats.bytes_served, bytes.len() as u64);
-                    Some((Ok(bytes), (blob, index + 1)))
-                }
-                Err(e) => {
-                    tracing::warn!(digest = %blob.digest, "cutting a response short: {e}");
-                    // Ending at index past `last` stops the stream after this error.
-                    Some((Err(io::Error::other(e.to_string())), (blob, last + 1)))
+        let blob = Arc::new(self);
+        let reads = indices.map({
+            let blob = Arc::clone(&blob);
+            move |index| {
+                let blob = Arc::clone(&blob);
+                async move {
+                    let bytes = blob.piece(index, layout.count()).await?;
+                    let r = layout.range(index);
+                    let from = range.start.max(r.start) - r.start;
+                    let to = range.end.min(r.end) - r.start;
+                    Ok::<_, BlobError>(bytes.slice(from as usize..to as usize))
                 }
             }
-        })
+        });
+        // Pieces are read ahead of the socket, in order, so that disk reads and BLAKE3
+        // checks overlap with sending.
+        futures_util::stream::iter(reads)
+            .buffered(READ_AHEAD)
+            .scan(false, move |failed, result| {
+                let item = match result {
+                    _ if *failed => None,
+                    Ok(bytes) => {
+                        Stats::add(&blob.stats.bytes_served, bytes.len() as u64);
+                        Some(Ok(bytes))
+                    }
+                    Err(e) => {
+                        tracing::warn!(digest = %blob.digest, "cutting a response short: {e}");
+                        *failed = true;
+                        Some(Err(io::Error::other(e.to_string())))
+                    }
+                };
+                std::future::ready(item)
+            })
     }
 
-    async fn piece(&mut self, index: u64, count: u64) -> Result<Bytes, BlobError> {
-        let id = match &mut self.source {
+    async fn piece(&self, index: u64, count: u64) -> Result<Bytes, BlobError> {
+        let id = match &self.source {
             OpenSource::Stored(record) => *record.pieces.get(index as usize).ok_or_else(|| {
                 BlobError::Internal(format!("{} has no piece {index}", self.digest))
             })?,
-            OpenSource::Fetching(rx) => {
-                let is_last = index + 1 == count;
-                let state = wait_for(rx, |s| (s.pieces.len() as u64 > index) && !is_last).await;
-                match &state.outcome {
-                    Outcome::Failed(e) => return Err(clone_err(e)),
-                    Outcome::Running if is_last => {
-                        return Err(BlobError::Internal("fetch ended without an outcome".into()));
-                    }
-                    _ => {}
-                }
-                *state.pieces.get(index as usize).ok_or_else(|| {
-                    BlobError::Internal(format!(
-                        "fetch of {} ended without piece {index}",
-                        self.digest
-                    ))
-                })?
-            }
+            OpenSource::Fetching(rx) => piece_id_when_ready(rx.clone(), index, count).await?,
         };
         let store = Arc::clone(&self.store);
         let digest = self.digest;

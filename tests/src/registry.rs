@@ -23,6 +23,27 @@ pub enum RegistryAuth {
         /// Password.
         password: String,
     },
+    /// The token flow: clients get a JWT from `realm` (see
+    /// [`crate::token_server::TokenServer`]) and send it as `Bearer`.
+    Token {
+        /// The token server's URL, sent to clients in the challenge.
+        realm: String,
+        /// The service name (the tokens' audience).
+        service: String,
+        /// The issuer the tokens must name.
+        issuer: String,
+        /// PEM certificates whose keys may sign tokens.
+        rootcertbundle: PathBuf,
+    },
+}
+
+/// Everything a registry can be started with.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    /// How it authenticates clients.
+    pub auth: RegistryAuth,
+    /// Serve HTTPS with this certificate and key (PEM files) instead of plain HTTP.
+    pub tls: Option<crate::tls::KeyPair>,
 }
 
 /// A running docker-registry.
@@ -31,6 +52,7 @@ pub struct Registry {
     pub addr: String,
     /// Its storage root.
     pub root: PathBuf,
+    tls: bool,
     daemon: Daemon,
 }
 
@@ -42,6 +64,18 @@ impl Registry {
 
     /// Starts a registry with `auth`, storing under `dir`.
     pub fn start_with(dir: &Path, auth: RegistryAuth) -> anyhow::Result<Self> {
+        Self::start_opts(
+            dir,
+            RegistryOptions {
+                auth,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Starts a registry with `options`, storing under `dir`.
+    pub fn start_opts(dir: &Path, options: RegistryOptions) -> anyhow::Result<Self> {
+        let RegistryOptions { auth, tls } = options;
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let root = dir.join("registry-data");
@@ -56,12 +90,29 @@ impl Registry {
                     htpasswd.display()
                 )
             }
+            RegistryAuth::Token {
+                realm,
+                service,
+                issuer,
+                rootcertbundle,
+            } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+                rootcertbundle.display()
+            ),
+        };
+        let tls_section = match &tls {
+            None => String::new(),
+            Some(pair) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                pair.cert.display(),
+                pair.key.display()
+            ),
         };
         let config = dir.join("registry.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_section}",
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_section}{auth_section}",
                 root.display()
             ),
         )?;
@@ -71,12 +122,18 @@ impl Registry {
             &dir.join("registry.log"),
         )?;
         wait_for_port(&mut daemon, &addr, Duration::from_secs(20))?;
-        Ok(Registry { addr, root, daemon })
+        Ok(Registry {
+            addr,
+            root,
+            tls: tls.is_some(),
+            daemon,
+        })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` for a registry started with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Where the registry keeps blob `digest`'s bytes (to damage them in tests).

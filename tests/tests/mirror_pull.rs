@@ -206,3 +206,23 @@ fn range_and_head_requests_answer_like_a_registry() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn tag_lists_pass_through_from_the_origin() -> anyhow::Result<()> {
+    let m = Mirror::start(&[])?;
+    let mut layout = Layout::new(&m.path("layout"))?;
+    layout.image(&[Layer::new().file("f", "1")], "amd64", Some("v1"))?;
+    layout.push("v1", &format!("{}/tags:v1", m.registry.addr), false, false)?;
+    layout.push("v1", &format!("{}/tags:v2", m.registry.addr), false, false)?;
+    let origin = http_get(&format!("{}/v2/tags/tags/list", m.registry.url()), &[])?;
+    let prefix = m.alias.replace(':', "_");
+    let via = http_get(&format!("{}/v2/{prefix}/tags/tags/list", m.node.url()), &[])?;
+    assert_eq!(via.status, 200);
+    assert_eq!(via.body, origin.body);
+    // Pagination parameters reach the origin (distribution 2.8 itself ignores them,
+    // so the answers are compared rather than assumed).
+    let origin_page = http_get(&format!("{}/v2/tags/tags/list?n=1", m.registry.url()), &[])?;
+    let page = http_get(&format!("{}/v2/{prefix}/tags/tags/list?n=1", m.node.url()), &[])?;
+    assert_eq!(page.body, origin_page.body);
+    Ok(())
+}

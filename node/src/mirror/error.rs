@@ -76,13 +76,11 @@ impl MirrorError {
 
     /// A range past the end of a blob.
     pub fn unsatisfiable(size: u64) -> Self {
-        let mut e = Self::new(
+        Self::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
             "RANGE_INVALID",
             format!("the blob has {size} bytes"),
-        );
-        e.passthrough = None;
-        e
+        )
     }
 
     /// A failure of the node itself.
@@ -193,6 +191,8 @@ impl IntoResponse for MirrorError {
         if let Ok(v) = HeaderValue::from_str(&content_type) {
             r.headers_mut().insert(header::CONTENT_TYPE, v);
         }
+        r.headers_mut()
+            .insert("docker-distribution-api-version", HeaderValue::from_static(super::API_VERSION));
         r
     }
 }
