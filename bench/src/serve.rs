@@ -41,11 +41,17 @@ struct Report {
 /// Runs the benchmark.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     shoal_tests::require_root()?;
-    let dir = tempfile::Builder::new().prefix("shoal-bench-serve-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("shoal-bench-serve-")
+        .tempdir()?;
     let registry = Registry::start(dir.path())?;
     eprintln!("building a {} MiB layer...", args.size_mib);
     let mut layout = Layout::new(&dir.path().join("layout"))?;
-    let built = layout.image(&[Layer::new().file("blob", noise(args.size_mib << 20, 42))], "amd64", Some("v1"))?;
+    let built = layout.image(
+        &[Layer::new().file("blob", noise(args.size_mib << 20, 42))],
+        "amd64",
+        Some("v1"),
+    )?;
     layout.push("v1", &format!("{}/bench:v1", registry.addr), false, false)?;
     let layer = built.blobs[1];
     let size = std::fs::metadata(registry.blob_path(&layer))?.len();
@@ -84,54 +90,72 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         node_serve_mb_s: serve,
         node_ingest_mb_s: ingest,
     };
-    println!("blob: {:.1} MB, {} rounds, medians:", size as f64 / 1e6, args.rounds);
-    println!("  curl from docker-registry origin  {:>8.0} MB/s", report.median_origin_curl_mb_s);
-    println!("  curl from shoal node (stored)     {:>8.0} MB/s  ({:.2}x origin)", report.median_node_serve_mb_s, report.serve_over_origin);
-    println!("  curl through cold node (ingest)   {:>8.0} MB/s", report.median_node_ingest_mb_s);
+    println!(
+        "blob: {:.1} MB, {} rounds, medians:",
+        size as f64 / 1e6,
+        args.rounds
+    );
+    println!(
+        "  curl from docker-registry origin  {:>8.0} MB/s",
+        report.median_origin_curl_mb_s
+    );
+    println!(
+        "  curl from shoal node (stored)     {:>8.0} MB/s  ({:.2}x origin)",
+        report.median_node_serve_mb_s, report.serve_over_origin
+    );
+    println!(
+        "  curl through cold node (ingest)   {:>8.0} MB/s",
+        report.median_node_ingest_mb_s
+    );
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
     }
     Ok(())
 }
 
 /// Fetches `url` with curl once to a file and checks its digest (untimed), then
-/// times one fetch to /dev/null, checking status and size.
+/// times one more fetch.
 fn fetch(url: &str, size: u64, digest: &Digest) -> anyhow::Result<Duration> {
     let out = tempfile::NamedTempFile::new()?;
     shoal_tests::run(
-        Command::new("curl").args(["-sS", "--fail", "--noproxy", "*", "-o"]).arg(out.path()).arg(url),
+        Command::new("curl")
+            .args(["-sS", "--fail", "--noproxy", "*", "-o"])
+            .arg(out.path())
+            .arg(url),
         Duration::from_secs(600),
     )?;
     let bytes = std::fs::read(out.path())?;
     if bytes.len() as u64 != size || Digest::of(&bytes) != *digest {
         bail!("{url} gave {} bytes that are not {digest}", bytes.len());
     }
-    let start = Instant::now();
-    let timed = shoal_tests::run(
-        Command::new("curl")
-            .args(["-sS", "--fail", "--noproxy", "*", "-o", "/dev/null", "-w", "%{size_download}"])
-            .arg(url),
-        Duration::from_secs(600),
-    )?;
-    let took = start.elapsed();
-    let got: u64 = String::from_utf8_lossy(&timed.stdout).trim().parse().context("curl size")?;
-    if got != size {
-        bail!("{url} gave {got} of {size} bytes");
-    }
-    Ok(took)
+    fetch_cold(url, size)
 }
 
-/// Times the first fetch through a node with an empty store (its ingest), to /dev/null.
+/// Times one fetch of `url` to /dev/null, checking status and size. Through a node
+/// with an empty store, this is its ingest.
 fn fetch_cold(url: &str, size: u64) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let out = shoal_tests::run(
         Command::new("curl")
-            .args(["-sS", "--fail", "--noproxy", "*", "-o", "/dev/null", "-w", "%{size_download}"])
+            .args([
+                "-sS",
+                "--fail",
+                "--noproxy",
+                "*",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+            ])
             .arg(url),
         Duration::from_secs(600),
     )?;
     let took = start.elapsed();
-    let got: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("curl size")?;
+    let got: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("curl size")?;
     if got != size {
         bail!("{url} gave {got} of {size} bytes");
     }

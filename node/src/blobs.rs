@@ -568,7 +568,9 @@ async fn piece_id_when_ready(
             if !matches!(s.outcome, Outcome::Running) {
                 continue;
             }
-            return Err(BlobError::Internal("the fetch ended without an outcome".into()));
+            return Err(BlobError::Internal(
+                "the fetch ended without an outcome".into(),
+            ));
         }
     }
 }
@@ -668,6 +670,6 @@ impl OpenBlob {
         })
         .await
         .map_err(|e| BlobError::Internal(e.to_string()))??;
-        Ok(Bytes::from(read))
+        Ok(read)
     }
 }

@@ -191,8 +191,10 @@ impl IntoResponse for MirrorError {
         if let Ok(v) = HeaderValue::from_str(&content_type) {
             r.headers_mut().insert(header::CONTENT_TYPE, v);
         }
-        r.headers_mut()
-            .insert("docker-distribution-api-version", HeaderValue::from_static(super::API_VERSION));
+        r.headers_mut().insert(
+            "docker-distribution-api-version",
+            HeaderValue::from_static(super::API_VERSION),
+        );
         r
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
+use bytes::Bytes;
+
 use shoal_protocol::{Digest, PieceId, RepoName};
 
 use super::codec;
@@ -135,8 +137,8 @@ impl<E: Engine> Store for ContentStore<E> {
             .transpose()
     }
 
-    fn piece(&self, id: &PieceId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.engine.get(Table::Pieces, &id.0)
+    fn piece(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError> {
+        self.engine.get_bytes(Table::Pieces, &id.0)
     }
 
     fn partial(&self, digest: &Digest) -> Result<Option<PartialBlob>, StoreError> {

@@ -1,6 +1,8 @@
 //! The key-value engine under the content store: named tables, point reads, atomic
 //! batches. It knows nothing of blobs or pieces; [`super::content`] holds those rules.
 
+use bytes::Bytes;
+
 use super::StoreError;
 
 /// The tables the content store keeps.
@@ -67,6 +69,12 @@ impl Batch {
 pub trait Engine: Send + Sync + 'static {
     /// The value of `key` in `table`.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The value of `key` in `table` as shared bytes: what the serve path hands to the
+    /// socket. An engine that can lend its own buffer without copying does so.
+    fn get_bytes(&self, table: Table, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.get(table, key)?.map(Bytes::from))
+    }
 
     /// Applies every write in `batch` atomically.
     fn write(&self, batch: Batch) -> Result<(), StoreError>;

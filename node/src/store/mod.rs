@@ -13,6 +13,7 @@
 //! will turn into. It does keep piece reference counts, so that removing one blob never
 //! removes a piece another blob still uses.
 
+use bytes::Bytes;
 use shoal_protocol::{Digest, PIECE_SIZE, PieceId, RepoName};
 
 pub mod codec;
@@ -113,7 +114,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// The bytes of piece `id`, if held, as stored (callers verify them with
     /// [`PieceId::matches`] before use; see [`read_piece`]).
-    fn piece(&self, id: &PieceId) -> Result<Option<Vec<u8>>, StoreError>;
+    fn piece(&self, id: &PieceId) -> Result<Option<Bytes>, StoreError>;
 
     /// The partial blob `digest`, if a fetch of it was begun and not finished.
     fn partial(&self, digest: &Digest) -> Result<Option<PartialBlob>, StoreError>;
@@ -201,7 +202,7 @@ pub enum PieceReadError {
 
 /// Reads piece `id` and checks it against its id, so that damage on disk is never
 /// served. (BLAKE3 runs at several GiB/s; the check costs little beside the read.)
-pub fn read_piece(store: &dyn Store, id: &PieceId) -> Result<Vec<u8>, PieceReadError> {
+pub fn read_piece(store: &dyn Store, id: &PieceId) -> Result<Bytes, PieceReadError> {
     let bytes = store.piece(id)?.ok_or(PieceReadError::Missing(*id))?;
     if !id.matches(&bytes) {
         return Err(PieceReadError::Damaged(*id));

@@ -6,9 +6,13 @@
 //! process loses nothing it was told was written; `sync_writes` also survives power loss.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+    ColumnFamilyDescriptor, DB, DBPinnableSlice, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions,
 };
 
 use super::StoreError;
@@ -16,7 +20,7 @@ use super::engine::{Batch, Engine, Table};
 
 /// RocksDB behind the [`Engine`] interface.
 pub struct RocksEngine {
-    db: DB,
+    db: Arc<DB>,
     sync_writes: bool,
 }
 
@@ -36,7 +40,10 @@ impl RocksEngine {
         db_opts.set_keep_log_file_num(4);
         let cfs = Table::ALL.map(|t| ColumnFamilyDescriptor::new(t.name(), table_options(t)));
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|e| open_error(dir, e))?;
-        Ok(RocksEngine { db, sync_writes })
+        Ok(RocksEngine {
+            db: Arc::new(db),
+            sync_writes,
+        })
     }
 
     fn cf(&self, table: Table) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -57,6 +64,34 @@ fn table_options(table: Table) -> Options {
     o
 }
 
+/// Reads of pieces skip RocksDB's block checksums: every piece is checked against its
+/// BLAKE3 id when read (`store::read_piece`), which catches what they would, and they
+/// cost a quarter of the serve path (Debian's build computes them in software).
+fn read_options(table: Table) -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    if table == Table::Pieces {
+        ro.set_verify_checksums(false);
+    }
+    ro
+}
+
+type MaybePinned<'a> = Option<DBPinnableSlice<'a>>;
+
+self_cell::self_cell!(
+    /// A value pinned in RocksDB's memory, kept alive with the database it borrows from.
+    struct Pinned {
+        owner: Arc<DB>,
+        #[covariant]
+        dependent: MaybePinned,
+    }
+);
+
+impl AsRef<[u8]> for Pinned {
+    fn as_ref(&self) -> &[u8] {
+        self.borrow_dependent().as_deref().unwrap_or_default()
+    }
+}
+
 fn open_error(dir: &Path, e: rocksdb::Error) -> StoreError {
     let detail = e.into_string();
     if detail.contains("lock") || detail.contains("LOCK") {
@@ -75,15 +110,26 @@ fn db_error(e: rocksdb::Error) -> StoreError {
 
 impl Engine for RocksEngine {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if table == Table::Pieces {
-            // Every piece is checked against its BLAKE3 id when read (store::read_piece),
-            // which also catches what RocksDB's checksums would; skipping theirs saves a
-            // quarter of the serve path (Debian's build computes them in software).
-            let mut ro = ReadOptions::default();
-            ro.set_verify_checksums(false);
-            return self.db.get_cf_opt(self.cf(table)?, key, &ro).map_err(db_error);
+        self.db
+            .get_cf_opt(self.cf(table)?, key, &read_options(table))
+            .map_err(db_error)
+    }
+
+    fn get_bytes(&self, table: Table, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        // The value stays in RocksDB's pinned buffer and is handed out as `Bytes`
+        // without the copy `get` makes: a megabyte less copied per piece served.
+        let name = table.name();
+        let pinned = Pinned::try_new(Arc::clone(&self.db), |db| {
+            let cf = db
+                .cf_handle(name)
+                .ok_or_else(|| StoreError::Db(format!("column family {name} is missing")))?;
+            db.get_pinned_cf_opt(cf, key, &read_options(table))
+                .map_err(db_error)
+        })?;
+        if pinned.borrow_dependent().is_none() {
+            return Ok(None);
         }
-        self.db.get_cf(self.cf(table)?, key).map_err(db_error)
+        Ok(Some(Bytes::from_owner(pinned)))
     }
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
