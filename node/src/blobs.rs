@@ -283,12 +283,6 @@ impl Blobs {
                 tracing::warn!(%digest, repo = %source.repo, upstream = %source.upstream.host, "blob fetch failed: {e}")
             }
         }
-        // Remove from the map before announcing the outcome: a request that arrives
-        // after this finds the completed blob in the store, or starts a fresh fetch.
-        self.inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&digest);
         let outcome = match result {
             Ok(()) => Outcome::Complete,
             Err(e) => {
@@ -303,6 +297,13 @@ impl Blobs {
                 Outcome::Failed(e)
             }
         };
+        // Leave the map only once the store or the failure memory holds the result: a
+        // request that arrives after this finds the complete blob, or the recorded
+        // verification failure, or (after an interruption) starts a fresh fetch.
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&digest);
         tx.send_modify(|s| s.outcome = outcome);
     }
 

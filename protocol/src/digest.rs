@@ -12,8 +12,11 @@ use sha2::{Digest as _, Sha256};
 /// Length in bytes of a sha256 digest.
 pub const SHA256_LEN: usize = 32;
 
-/// A verified-form registry digest: algorithm sha256 and 32 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A verified-form registry digest: algorithm sha256 and 32 bytes. On the wire (in
+/// recipes) it is its 32 raw bytes.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Digest([u8; SHA256_LEN]);
 
 /// Why a string is not a digest shoal accepts.

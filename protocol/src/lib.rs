@@ -20,6 +20,7 @@ pub mod digest;
 pub mod manifest;
 pub mod piece;
 pub mod range;
+pub mod recipe;
 pub mod reference;
 
 pub use digest::{Digest, DigestError};
