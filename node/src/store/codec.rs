@@ -89,16 +89,29 @@ pub fn decode_tag(key: &str, bytes: &[u8]) -> Result<TagRecord, StoreError> {
     })
 }
 
+/// The totals, in the order they are encoded. A record written by an older shoal has
+/// fewer values (the rest start at zero); one with more is refused.
+fn totals_fields(t: &mut Totals) -> [&mut u64; 10] {
+    [
+        &mut t.blobs,
+        &mut t.blob_bytes,
+        &mut t.pieces,
+        &mut t.piece_bytes,
+        &mut t.partial_blobs,
+        &mut t.chunks,
+        &mut t.chunk_bytes,
+        &mut t.recipes,
+        &mut t.recipe_tar_bytes,
+        &mut t.partial_recipes,
+    ]
+}
+
 /// Encodes the store's totals.
 pub fn encode_totals(t: &Totals) -> Vec<u8> {
-    let mut out = vec![V1];
-    for v in [
-        t.blobs,
-        t.blob_bytes,
-        t.pieces,
-        t.piece_bytes,
-        t.partial_blobs,
-    ] {
+    let mut copy = *t;
+    let fields = totals_fields(&mut copy);
+    let mut out = vec![V1, fields.len() as u8];
+    for v in fields {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out
@@ -108,15 +121,38 @@ pub fn encode_totals(t: &Totals) -> Vec<u8> {
 pub fn decode_totals(bytes: &[u8]) -> Result<Totals, StoreError> {
     let mut r = Reader::new("totals", bytes);
     r.version()?;
-    let t = Totals {
-        blobs: r.u64()?,
-        blob_bytes: r.u64()?,
-        pieces: r.u64()?,
-        piece_bytes: r.u64()?,
-        partial_blobs: r.u64()?,
-    };
+    let n = r.take(1)?[0] as usize;
+    let mut t = Totals::default();
+    let fields = totals_fields(&mut t);
+    if n > fields.len() {
+        return Err(r.bad("totals from a newer shoal"));
+    }
+    for field in fields.into_iter().take(n) {
+        *field = r.u64()?;
+    }
     r.end()?;
     Ok(t)
+}
+
+/// Encodes a stored recipe: version, tar size, then the recipe's wire form.
+pub fn encode_recipe_record(r: &super::recipes::RecipeRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + r.encoded.len());
+    out.push(V1);
+    out.extend_from_slice(&r.tar_size.to_le_bytes());
+    out.extend_from_slice(&r.encoded);
+    out
+}
+
+/// Decodes a stored recipe.
+pub fn decode_recipe_record(
+    key: &str,
+    bytes: &[u8],
+) -> Result<super::recipes::RecipeRecord, StoreError> {
+    let mut r = Reader::new(key, bytes);
+    r.version()?;
+    let tar_size = r.u64()?;
+    let encoded = r.take(r.bytes.len())?.to_vec();
+    Ok(super::recipes::RecipeRecord { tar_size, encoded })
 }
 
 /// Encodes a piece's reference count and size.
@@ -254,6 +290,11 @@ mod tests {
             pieces: 3,
             piece_bytes: 4,
             partial_blobs: 5,
+            chunks: 6,
+            chunk_bytes: 7,
+            recipes: 8,
+            recipe_tar_bytes: 9,
+            partial_recipes: 10,
         };
         assert_eq!(decode_totals(&encode_totals(&tot)).unwrap(), tot);
         assert_eq!(

@@ -60,42 +60,46 @@ impl<E: Engine> ContentStore<E> {
         Ok(())
     }
 
-    /// Adds to `batch` the reference changes in `deltas`, adjusting `next`.
-    fn apply_refs(
+    /// Adds to `batch` the reference changes in `deltas` for `kind`, adjusting `next`.
+    /// A first reference stores the bytes; dropping the last deletes them.
+    pub(super) fn apply_refs(
         &self,
+        kind: Counted,
         batch: &mut Batch,
         next: &mut Totals,
-        deltas: HashMap<PieceId, (i64, Option<&[u8]>)>,
+        deltas: HashMap<[u8; 32], (i64, Option<&[u8]>)>,
     ) -> Result<(), StoreError> {
+        let (data, refs) = kind.tables();
         for (id, (delta, bytes)) in deltas {
-            let key = ref_key(&id);
-            let (count, size) = match self.engine.get(Table::PieceRefs, &id.0)? {
+            let key = format!("{} ref {}", kind.name(), hex::encode(id));
+            let (count, size) = match self.engine.get(refs, &id)? {
                 Some(v) => codec::decode_piece_ref(&key, &v)?,
                 None => (0, bytes.map_or(0, |b| b.len() as u64)),
             };
             let new = count as i64 + delta;
             if new < 0 {
                 return Err(StoreError::Conflict(format!(
-                    "piece {id} released more often than used"
+                    "{key}: released more often than used"
                 )));
             }
+            let (items, item_bytes) = kind.totals(next);
             if count == 0 && new > 0 {
                 let bytes = bytes.ok_or_else(|| {
-                    StoreError::Conflict(format!("piece {id} referenced but never stored"))
+                    StoreError::Conflict(format!("{key}: referenced but never stored"))
                 })?;
-                batch.put(Table::Pieces, &id.0, bytes.to_vec());
-                next.pieces += 1;
-                next.piece_bytes += size;
+                batch.put(data, &id, bytes.to_vec());
+                *items += 1;
+                *item_bytes += size;
             }
             if new == 0 {
-                batch.delete(Table::Pieces, &id.0);
-                batch.delete(Table::PieceRefs, &id.0);
-                next.pieces = next.pieces.saturating_sub(1);
-                next.piece_bytes = next.piece_bytes.saturating_sub(size);
+                batch.delete(data, &id);
+                batch.delete(refs, &id);
+                *items = items.saturating_sub(1);
+                *item_bytes = item_bytes.saturating_sub(size);
             } else {
                 batch.put(
-                    Table::PieceRefs,
-                    &id.0,
+                    refs,
+                    &id,
                     codec::encode_piece_ref(new as u64, size).to_vec(),
                 );
             }
@@ -103,12 +107,57 @@ impl<E: Engine> ContentStore<E> {
         Ok(())
     }
 
-    fn release(pieces: &[PieceId]) -> HashMap<PieceId, (i64, Option<&'static [u8]>)> {
+    pub(super) fn release<'a>(
+        ids: impl IntoIterator<Item = &'a [u8; 32]>,
+    ) -> HashMap<[u8; 32], (i64, Option<&'static [u8]>)> {
         let mut deltas = HashMap::new();
-        for id in pieces {
+        for id in ids {
             deltas.entry(*id).or_insert((0, None)).0 -= 1;
         }
         deltas
+    }
+
+    pub(super) fn lock_writer(&self) -> MutexGuard<'_, Totals> {
+        self.writer()
+    }
+
+    pub(super) fn commit_batch(
+        &self,
+        totals: &mut Totals,
+        next: Totals,
+        batch: Batch,
+    ) -> Result<(), StoreError> {
+        self.commit(totals, next, batch)
+    }
+}
+
+/// What is reference counted: pieces of blobs, and content chunks of recipes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Counted {
+    Pieces,
+    Chunks,
+}
+
+impl Counted {
+    fn tables(self) -> (Table, Table) {
+        match self {
+            Counted::Pieces => (Table::Pieces, Table::PieceRefs),
+            Counted::Chunks => (Table::Chunks, Table::ChunkRefs),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Counted::Pieces => "piece",
+            Counted::Chunks => "chunk",
+        }
+    }
+
+    fn totals(self, t: &mut Totals) -> (&mut u64, &mut u64) {
+        match self {
+            Counted::Pieces => (&mut t.pieces, &mut t.piece_bytes),
+            Counted::Chunks => (&mut t.chunks, &mut t.chunk_bytes),
+        }
     }
 }
 
@@ -118,10 +167,6 @@ fn blob_key(d: &Digest) -> String {
 
 fn partial_key(d: &Digest) -> String {
     format!("partial {d}")
-}
-
-fn ref_key(id: &PieceId) -> String {
-    format!("piece_ref {id}")
 }
 
 fn tag_key(upstream: &str, repo: &RepoName, tag: &str) -> Vec<u8> {
@@ -185,9 +230,10 @@ impl<E: Engine> Store for ContentStore<E> {
         let id = PieceId::of(bytes);
         let mut batch = Batch::default();
         self.apply_refs(
+            Counted::Pieces,
             &mut batch,
             &mut next,
-            HashMap::from([(id, (1, Some(bytes)))]),
+            HashMap::from([(id.0, (1, Some(bytes)))]),
         )?;
         partial.pieces.push(id);
         partial.bytes += bytes.len() as u64;
@@ -213,7 +259,12 @@ impl<E: Engine> Store for ContentStore<E> {
         if let Some(done) = self.blob(digest)? {
             // Someone completed it first; what this caller fetched is surplus.
             if let Some(p) = partial {
-                self.apply_refs(&mut batch, &mut next, Self::release(&p.pieces))?;
+                self.apply_refs(
+                    Counted::Pieces,
+                    &mut batch,
+                    &mut next,
+                    Self::release(p.pieces.iter().map(|p| &p.0)),
+                )?;
                 batch.delete(Table::Partials, digest.as_bytes());
                 next.partial_blobs = next.partial_blobs.saturating_sub(1);
                 self.commit(&mut totals, next, batch)?;
@@ -253,7 +304,12 @@ impl<E: Engine> Store for ContentStore<E> {
         };
         let mut next = *totals;
         let mut batch = Batch::default();
-        self.apply_refs(&mut batch, &mut next, Self::release(&partial.pieces))?;
+        self.apply_refs(
+            Counted::Pieces,
+            &mut batch,
+            &mut next,
+            Self::release(partial.pieces.iter().map(|p| &p.0)),
+        )?;
         batch.delete(Table::Partials, digest.as_bytes());
         next.partial_blobs = next.partial_blobs.saturating_sub(1);
         self.commit(&mut totals, next, batch)
@@ -266,7 +322,12 @@ impl<E: Engine> Store for ContentStore<E> {
         };
         let mut next = *totals;
         let mut batch = Batch::default();
-        self.apply_refs(&mut batch, &mut next, Self::release(&record.pieces))?;
+        self.apply_refs(
+            Counted::Pieces,
+            &mut batch,
+            &mut next,
+            Self::release(record.pieces.iter().map(|p| &p.0)),
+        )?;
         batch.delete(Table::Blobs, digest.as_bytes());
         next.blobs = next.blobs.saturating_sub(1);
         next.blob_bytes = next.blob_bytes.saturating_sub(record.size);

@@ -20,17 +20,33 @@ pub enum Table {
     Tags,
     /// Store-wide records (totals).
     Meta,
+    /// Chunk id → content chunk bytes (blob files, like pieces).
+    Chunks,
+    /// Chunk id → reference count and size.
+    ChunkRefs,
+    /// Layer digest and chunk id → nothing: the chunks a recipe (complete or being
+    /// built) holds a reference to, once each.
+    LayerChunks,
+    /// Layer digest → complete recipe record.
+    Recipes,
+    /// Layer digest → nothing: a recipe being built.
+    PartialRecipes,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 11] = [
         Table::Pieces,
         Table::PieceRefs,
         Table::Blobs,
         Table::Partials,
         Table::Tags,
         Table::Meta,
+        Table::Chunks,
+        Table::ChunkRefs,
+        Table::LayerChunks,
+        Table::Recipes,
+        Table::PartialRecipes,
     ];
 
     /// The table's name on disk.
@@ -42,7 +58,18 @@ impl Table {
             Table::Partials => "partials",
             Table::Tags => "tags",
             Table::Meta => "meta",
+            Table::Chunks => "chunks",
+            Table::ChunkRefs => "chunk_refs",
+            Table::LayerChunks => "layer_chunks",
+            Table::Recipes => "recipes",
+            Table::PartialRecipes => "partial_recipes",
         }
+    }
+
+    /// Whether values are large (stored in blob files, read without block checksums
+    /// because callers check them by BLAKE3).
+    pub fn holds_content(self) -> bool {
+        matches!(self, Table::Pieces | Table::Chunks)
     }
 }
 
@@ -81,4 +108,7 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Every key in `table`, in order.
     fn keys(&self, table: Table) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// Every key in `table` that starts with `prefix`, in order.
+    fn keys_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
 }

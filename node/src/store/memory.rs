@@ -45,6 +45,15 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    fn keys_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .tables()
+            .range((table, prefix.to_vec())..)
+            .take_while(|((t, k), _)| *t == table && k.starts_with(prefix))
+            .map(|((_, k), _)| k.clone())
+            .collect())
+    }
+
     fn keys(&self, table: Table) -> Result<Vec<Vec<u8>>, StoreError> {
         Ok(self
             .tables()

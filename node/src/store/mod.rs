@@ -20,6 +20,7 @@ pub mod codec;
 pub mod content;
 pub mod engine;
 pub mod memory;
+pub mod recipes;
 pub mod rocks;
 #[cfg(test)]
 mod suite;
@@ -75,6 +76,16 @@ pub struct Totals {
     pub piece_bytes: u64,
     /// Blobs fetched in part and resumable.
     pub partial_blobs: u64,
+    /// Distinct content chunks stored.
+    pub chunks: u64,
+    /// Their bytes: the content the store really holds.
+    pub chunk_bytes: u64,
+    /// Complete layer recipes.
+    pub recipes: u64,
+    /// Uncompressed tar bytes the recipes re-create.
+    pub recipe_tar_bytes: u64,
+    /// Recipes being built (or left by a killed ingest, dropped at start).
+    pub partial_recipes: u64,
 }
 
 /// Why a store operation failed. Local failures only: bad data from the origin or a
@@ -108,7 +119,7 @@ pub enum StoreError {
 
 /// The store's interface. Implementations are safe to share between threads; their
 /// methods block on disk I/O, so async callers run them on the blocking pool.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: recipes::RecipeStore + Send + Sync + 'static {
     /// The complete blob `digest`, if held.
     fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, StoreError>;
 

@@ -55,7 +55,7 @@ impl RocksEngine {
 
 fn table_options(table: Table) -> Options {
     let mut o = Options::default();
-    if table == Table::Pieces {
+    if table.holds_content() {
         o.set_enable_blob_files(true);
         o.set_min_blob_size(4096);
         o.set_enable_blob_gc(true);
@@ -69,7 +69,7 @@ fn table_options(table: Table) -> Options {
 /// cost a quarter of the serve path (Debian's build computes them in software).
 fn read_options(table: Table) -> ReadOptions {
     let mut ro = ReadOptions::default();
-    if table == Table::Pieces {
+    if table.holds_content() {
         ro.set_verify_checksums(false);
     }
     ro
@@ -144,6 +144,19 @@ impl Engine for RocksEngine {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);
         self.db.write_opt(wb, &wo).map_err(db_error)
+    }
+
+    fn keys_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for kv in self.db.iterator_cf(self.cf(table)?, mode) {
+            let (k, _) = kv.map_err(db_error)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(k.to_vec());
+        }
+        Ok(out)
     }
 
     fn keys(&self, table: Table) -> Result<Vec<Vec<u8>>, StoreError> {

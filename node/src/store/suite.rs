@@ -189,3 +189,93 @@ fn reopened_rocksdb_store_keeps_blobs_and_totals() {
     let locked = RocksEngine::open(dir.path(), false).err().unwrap();
     assert!(matches!(locked, StoreError::Locked { .. }), "{locked}");
 }
+
+mod recipes {
+    use shoal_protocol::Digest;
+    use shoal_protocol::recipe::ChunkId;
+
+    use super::{blob, stores};
+    use crate::store::StoreError;
+    use crate::store::recipes::RecipeRecord;
+
+    fn chunks(seeds: &[u8]) -> Vec<(ChunkId, Vec<u8>)> {
+        seeds
+            .iter()
+            .map(|s| {
+                let b = blob(20_000 + usize::from(*s), *s);
+                (ChunkId::of(&b), b)
+            })
+            .collect()
+    }
+
+    fn add(store: &dyn crate::store::Store, layer: &Digest, c: &[(ChunkId, Vec<u8>)]) -> usize {
+        let refs: Vec<(ChunkId, &[u8])> = c.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        store.add_chunks(layer, &refs).unwrap()
+    }
+
+    #[test]
+    fn two_layers_share_chunks_and_each_releases_only_its_own() {
+        for (name, store, _dir) in stores() {
+            let (a, b) = (Digest::of(b"layer a"), Digest::of(b"layer b"));
+            let record = RecipeRecord {
+                tar_size: 100,
+                encoded: vec![1, 2, 3],
+            };
+            store.begin_recipe(&a).unwrap();
+            assert_eq!(add(store.as_ref(), &a, &chunks(&[1, 2, 2, 3])), 3, "{name}");
+            // The same chunk again in a later call is not counted twice.
+            assert_eq!(add(store.as_ref(), &a, &chunks(&[3])), 0, "{name}");
+            store.complete_recipe(&a, &record).unwrap();
+            store.begin_recipe(&b).unwrap();
+            assert_eq!(
+                add(store.as_ref(), &b, &chunks(&[2, 3, 4])),
+                1,
+                "only chunk 4 is new: {name}"
+            );
+            store.complete_recipe(&b, &record).unwrap();
+            let t = store.totals().unwrap();
+            assert_eq!(
+                (t.chunks, t.recipes, t.recipe_tar_bytes, t.partial_recipes),
+                (4, 2, 200, 0),
+                "{name}"
+            );
+            assert_eq!(store.recipe(&a).unwrap(), Some(record.clone()), "{name}");
+
+            assert!(store.remove_recipe(&a).unwrap());
+            let t = store.totals().unwrap();
+            assert_eq!((t.chunks, t.recipes), (3, 1), "chunk 1 went with a: {name}");
+            for (id, bytes) in chunks(&[2, 3, 4]) {
+                assert_eq!(
+                    store.chunk(&id).unwrap().as_deref(),
+                    Some(bytes.as_slice()),
+                    "{name}"
+                );
+            }
+            assert!(!store.has_chunk(&chunks(&[1])[0].0).unwrap(), "{name}");
+            store.remove_recipe(&b).unwrap();
+            assert_eq!(store.totals().unwrap(), Default::default(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_partial_recipe_is_released_when_discarded_or_restarted() {
+        for (name, store, _dir) in stores() {
+            let layer = Digest::of(b"layer");
+            assert!(matches!(
+                store.add_chunks(&layer, &[]),
+                Err(StoreError::Conflict(_))
+            ));
+            store.begin_recipe(&layer).unwrap();
+            add(store.as_ref(), &layer, &chunks(&[5, 6]));
+            assert_eq!(store.partial_recipes().unwrap(), vec![layer], "{name}");
+            // Restarting drops what the first attempt took.
+            store.begin_recipe(&layer).unwrap();
+            let t = store.totals().unwrap();
+            assert_eq!((t.chunks, t.partial_recipes), (0, 1), "{name}");
+            add(store.as_ref(), &layer, &chunks(&[7]));
+            store.discard_partial_recipe(&layer).unwrap();
+            assert_eq!(store.totals().unwrap(), Default::default(), "{name}");
+            assert!(store.partial_recipes().unwrap().is_empty(), "{name}");
+        }
+    }
+}
