@@ -505,17 +505,7 @@ fn clone_err(e: &BlobError) -> BlobError {
             expected: *expected,
             actual: *actual,
         },
-        BlobError::Origin(OriginError::Status {
-            url,
-            status,
-            body,
-            content_type,
-        }) => BlobError::Origin(OriginError::Status {
-            url: url.clone(),
-            status: *status,
-            body: body.clone(),
-            content_type: content_type.clone(),
-        }),
+        BlobError::Origin(o) => BlobError::Origin(o.clone()),
         BlobError::TooLarge {
             digest,
             size,

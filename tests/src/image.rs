@@ -218,12 +218,38 @@ impl Layout {
         docker_format: bool,
         all: bool,
     ) -> anyhow::Result<()> {
+        self.push_with(
+            tag,
+            dest,
+            &PushOptions {
+                docker_format,
+                all,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Like [`Layout::push`], with credentials and TLS settings for the destination.
+    pub fn push_with(&self, tag: &str, dest: &str, options: &PushOptions) -> anyhow::Result<()> {
         let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "-q", "--dest-tls-verify=false"]);
-        if docker_format {
+        cmd.args(["copy", "-q"]);
+        match &options.cert_dir {
+            Some(dir) => {
+                cmd.arg("--dest-tls-verify=true")
+                    .arg("--dest-cert-dir")
+                    .arg(dir);
+            }
+            None => {
+                cmd.arg("--dest-tls-verify=false");
+            }
+        }
+        if let Some(creds) = &options.creds {
+            cmd.args(["--dest-creds", creds]);
+        }
+        if options.docker_format {
             cmd.args(["--format", "v2s2"]);
         }
-        if all {
+        if options.all {
             cmd.arg("--all");
         }
         cmd.arg(format!("oci:{}:{tag}", self.dir.display()))
@@ -232,6 +258,27 @@ impl Layout {
             .with_context(|| format!("pushing {tag} to {dest}"))?;
         Ok(())
     }
+
+    /// The bytes of blob (or manifest) `digest` as written into the layout.
+    pub fn blob(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
+        let path = self.dir.join("blobs/sha256").join(digest.hex());
+        std::fs::read(&path).with_context(|| format!("read {}", path.display()))
+    }
+}
+
+/// How [`Layout::push_with`] pushes.
+#[derive(Clone, Debug, Default)]
+pub struct PushOptions {
+    /// Convert to Docker schema 2 media types.
+    pub docker_format: bool,
+    /// Push an index with every image in it.
+    pub all: bool,
+    /// `USER:PASSWORD` for the destination; skopeo answers basic and token
+    /// challenges with them itself.
+    pub creds: Option<String>,
+    /// A directory of CA certificates (`*.crt`) to verify the destination's TLS with;
+    /// without it TLS is not verified.
+    pub cert_dir: Option<PathBuf>,
 }
 
 fn descriptor(b: &Built, media_type: &str, tag: Option<&str>) -> serde_json::Value {

@@ -15,6 +15,8 @@ pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod registry;
+pub mod tls;
+pub mod token_server;
 
 pub use node::Node;
 pub use process::{free_port, require_root, run, which};

@@ -214,7 +214,12 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
     let head = match read_head(&mut stream) {
         Ok(h) => h,
         Err(e) => {
-            return respond(&mut stream, 400, &[], &error_body("BAD_REQUEST", &e.to_string()));
+            return respond(
+                &mut stream,
+                400,
+                &[],
+                &error_body("BAD_REQUEST", &e.to_string()),
+            );
         }
     };
     if head.path != "/token" || head.method != "GET" {

@@ -23,8 +23,9 @@ pub use auth::Auth;
 /// Most of an origin's error body that is kept to pass on to a client.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
-/// Why a request to an upstream failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a request to an upstream failed. Clone, so that every client waiting on one
+/// fetch can be given the same answer.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum OriginError {
     /// No connection, a timeout, or the connection broke.
     #[error("upstream {url} is unreachable: {detail}")]
@@ -47,7 +48,7 @@ pub enum OriginError {
         content_type: Option<String>,
     },
     /// The upstream wants credentials the node does not have, or refused them.
-    #[error("upstream {url} refused the node's credentials: {detail}")]
+    #[error("upstream {url} denied access: {detail}")]
     Auth {
         /// What was asked for.
         url: String,
@@ -345,10 +346,24 @@ pub(crate) fn unreachable(url: &str, e: &reqwest::Error) -> OriginError {
         detail.push_str(&s.to_string());
         source = s.source();
     }
+    if let Some(hint) = tls_hint(&detail) {
+        detail.push_str("; ");
+        detail.push_str(hint);
+    }
     OriginError::Unreachable {
         url: url.to_owned(),
         detail,
     }
+}
+
+/// What an operator should do about a connection that failed on the upstream's TLS
+/// certificate (rustls says "invalid peer certificate: ...").
+fn tls_hint(detail: &str) -> Option<&'static str> {
+    detail.contains("invalid peer certificate").then_some(
+        "the node does not trust the upstream's TLS certificate: give the CA that issued it \
+         as ca_file in the upstream's [[upstreams]] entry (or, for a test registry only, \
+         insecure_skip_verify = true)",
+    )
 }
 
 /// A duration as whole seconds for messages.
@@ -366,5 +381,14 @@ mod tests {
         assert_eq!(parse_content_range("bytes 10-100/100"), None);
         assert_eq!(parse_content_range("bytes */100"), None);
         assert_eq!(parse_content_range("bytes 5-1/100"), None);
+    }
+
+    #[test]
+    fn an_untrusted_certificate_gets_a_hint() {
+        // Before: only rustls's words ("invalid peer certificate: UnknownIssuer") under
+        // "is unreachable", with nothing saying which setting fixes it.
+        let hint = tls_hint("client error (Connect): invalid peer certificate: UnknownIssuer");
+        assert!(hint.is_some_and(|h| h.contains("ca_file")));
+        assert_eq!(tls_hint("tcp connect error: Connection refused"), None);
     }
 }
