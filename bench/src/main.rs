@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod recipes;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -20,10 +21,14 @@ enum Command {
     /// Serve and ingest throughput of one large layer on loopback, beside curl from the
     /// docker-registry origin.
     Serve(serve::ServeArgs),
+    /// Layer ingest (decompress, chunk, hash, store) on two versions of a real Debian
+    /// root, beside gzip -d; recipe sizes; content reuse between the versions.
+    Recipes(recipes::RecipesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(&args),
+        Command::Recipes(args) => recipes::run(&args),
     }
 }

@@ -25,7 +25,7 @@ use futures_util::{Stream, StreamExt};
 use shoal_protocol::digest::DigestHasher;
 use shoal_protocol::range::ByteRange;
 use shoal_protocol::{Digest, PIECE_SIZE, PieceId, PieceLayout, RepoName};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Upstream;
 use crate::origin::{Origin, OriginError};
@@ -146,6 +146,8 @@ pub struct Blobs {
     /// stream, and the origin is not asked again for bytes known to be bad.
     // std Mutex: map operations only.
     failures: Mutex<HashMap<Digest, (Instant, Arc<BlobError>)>>,
+    /// Told the digest of every blob whose fetch completed (the ingest service listens).
+    completed: Option<mpsc::UnboundedSender<Digest>>,
 }
 
 /// Pieces read ahead of the client while streaming a blob.
@@ -169,13 +171,15 @@ enum OpenSource {
 }
 
 impl Blobs {
-    /// The service over `store`, fetching from `origin`.
+    /// The service over `store`, fetching from `origin`; `completed` is told every
+    /// blob whose fetch completes.
     pub fn new(
         store: Arc<dyn Store>,
         origin: Arc<Origin>,
         stats: Arc<Stats>,
         max_blob_size: u64,
         stall_timeout: std::time::Duration,
+        completed: Option<mpsc::UnboundedSender<Digest>>,
     ) -> Self {
         Blobs {
             store,
@@ -185,6 +189,7 @@ impl Blobs {
             stall_timeout,
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            completed,
         }
     }
 
@@ -284,7 +289,13 @@ impl Blobs {
             }
         }
         let outcome = match result {
-            Ok(()) => Outcome::Complete,
+            Ok(()) => {
+                if let Some(tx) = &self.completed {
+                    // The listener may be gone at shutdown; nothing to do then.
+                    let _ = tx.send(digest);
+                }
+                Outcome::Complete
+            }
             Err(e) => {
                 let e = Arc::new(e);
                 if matches!(

@@ -15,6 +15,8 @@ use serde::Deserialize;
 use shoal_protocol::reference::parse_registry_host;
 use url::Url;
 
+use crate::ingest::IngestLimits;
+
 /// Where Docker Hub's registry API really lives; engines call it `docker.io`.
 pub const DOCKER_HUB_HOST: &str = "docker.io";
 const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
@@ -36,6 +38,8 @@ struct FileConfig {
     #[serde(default)]
     origin: OriginSection,
     #[serde(default)]
+    ingest: IngestSection,
+    #[serde(default)]
     upstreams: Vec<UpstreamSection>,
 }
 
@@ -45,6 +49,13 @@ struct OriginSection {
     connect_timeout_secs: Option<u64>,
     stall_timeout_secs: Option<u64>,
     manifest_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestSection {
+    max_tar_size: Option<u64>,
+    max_ratio: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +197,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Upstream timeouts.
     pub origin: OriginConfig,
+    /// Bounds on layer ingest.
+    pub ingest: IngestLimits,
 }
 
 impl NodeConfig {
@@ -244,6 +257,13 @@ impl NodeConfig {
                 connect_timeout: secs(file.origin.connect_timeout_secs, 10),
                 stall_timeout: secs(file.origin.stall_timeout_secs, 60),
                 manifest_timeout: secs(file.origin.manifest_timeout_secs, 60),
+            },
+            ingest: {
+                let d = IngestLimits::default();
+                IngestLimits {
+                    max_tar_size: file.ingest.max_tar_size.unwrap_or(d.max_tar_size),
+                    max_ratio: file.ingest.max_ratio.unwrap_or(d.max_ratio),
+                }
             },
         })
     }

@@ -7,6 +7,8 @@
 pub mod blobs;
 pub mod cli;
 pub mod config;
+pub mod ingest;
+pub mod inspect;
 pub mod manifests;
 pub mod mirror;
 pub mod node;

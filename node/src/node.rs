@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use crate::blobs::Blobs;
 use crate::config::NodeConfig;
+use crate::ingest::Ingest;
 use crate::manifests::Manifests;
 use crate::origin::Origin;
 use crate::stats::{Stats, StatsSnapshot};
@@ -27,6 +28,8 @@ pub struct Node {
     pub manifests: Manifests,
     /// Traffic counters.
     pub stats: Arc<Stats>,
+    /// Layer ingest (recipes).
+    pub ingest: Arc<Ingest>,
 }
 
 impl Node {
@@ -35,7 +38,13 @@ impl Node {
         let dir = db_dir(&config.data_dir);
         let engine = RocksEngine::open(&dir, config.sync_writes)?;
         let store: Arc<dyn Store> = Arc::new(ContentStore::new(engine)?);
+        // A recipe half built when the last process died is released, not resumed: it
+        // is rebuilt when its image is next served.
+        for layer in store.partial_recipes()? {
+            store.discard_partial_recipe(&layer)?;
+        }
         let origin = Arc::new(Origin::new(config.origin.clone()));
+        let (completed_tx, completed_rx) = tokio::sync::mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let blobs = Arc::new(Blobs::new(
             Arc::clone(&store),
@@ -43,7 +52,15 @@ impl Node {
             Arc::clone(&stats),
             config.max_blob_size,
             config.origin.stall_timeout,
+            Some(completed_tx),
         ));
+        let ingest = Ingest::start(
+            Arc::clone(&store),
+            Arc::clone(&blobs),
+            Arc::clone(&stats),
+            config.ingest,
+            completed_rx,
+        );
         let manifests = Manifests::new(Arc::clone(&store), Arc::clone(&origin), Arc::clone(&stats));
         Ok(Arc::new(Node {
             config,
@@ -52,6 +69,7 @@ impl Node {
             blobs,
             manifests,
             stats,
+            ingest,
         }))
     }
 
@@ -61,7 +79,7 @@ impl Node {
         let totals = tokio::task::spawn_blocking(move || store.totals())
             .await
             .map_err(|e| StoreError::Db(e.to_string()))??;
-        Ok(self.stats.snapshot(&totals))
+        Ok(self.stats.snapshot(&totals, self.ingest.pending()))
     }
 }
 

@@ -23,6 +23,10 @@ pub struct Stats {
     pub origin_fetches: AtomicU64,
     /// Blobs or manifests an origin sent whose digest did not match.
     pub digest_mismatches: AtomicU64,
+    /// Layers given a recipe.
+    pub layers_ingested: AtomicU64,
+    /// Layers that could not be given a recipe (see the log for why).
+    pub ingest_failures: AtomicU64,
 }
 
 impl Stats {
@@ -32,7 +36,7 @@ impl Stats {
     }
 
     /// Everything `shoal stats --json` prints.
-    pub fn snapshot(&self, totals: &Totals) -> StatsSnapshot {
+    pub fn snapshot(&self, totals: &Totals, ingest_pending: u64) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             bytes_from_origin: get(&self.bytes_from_origin),
@@ -46,6 +50,13 @@ impl Stats {
             pieces: totals.pieces,
             piece_bytes: totals.piece_bytes,
             partial_blobs: totals.partial_blobs,
+            recipes: totals.recipes,
+            content_logical_bytes: totals.recipe_tar_bytes,
+            content_stored_bytes: totals.chunk_bytes,
+            chunks: totals.chunks,
+            layers_ingested: get(&self.layers_ingested),
+            ingest_failures: get(&self.ingest_failures),
+            ingest_pending,
         }
     }
 }
@@ -75,4 +86,18 @@ pub struct StatsSnapshot {
     pub piece_bytes: u64,
     /// Blobs fetched in part, to be resumed.
     pub partial_blobs: u64,
+    /// Layers with a recipe.
+    pub recipes: u64,
+    /// Uncompressed bytes of the layers with a recipe.
+    pub content_logical_bytes: u64,
+    /// Bytes of distinct content chunks stored: what those layers' files really cost.
+    pub content_stored_bytes: u64,
+    /// Distinct content chunks stored.
+    pub chunks: u64,
+    /// Layers given a recipe since the node started.
+    pub layers_ingested: u64,
+    /// Layers that could not be given one since the node started.
+    pub ingest_failures: u64,
+    /// Layers waiting to be ingested or being ingested now.
+    pub ingest_pending: u64,
 }

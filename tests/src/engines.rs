@@ -61,7 +61,7 @@ pub fn skopeo_copy(
 /// podman with its own vfs storage under a test directory.
 pub struct Podman {
     root: PathBuf,
-    runroot: PathBuf,
+    runroot: tempfile::TempDir,
     registries_conf: PathBuf,
 }
 
@@ -70,7 +70,11 @@ impl Podman {
     pub fn new(work: &Path, registries_conf: &Path) -> Self {
         Podman {
             root: work.join("podman-storage"),
-            runroot: work.join("podman-run"),
+            // podman refuses a runroot path over 50 characters.
+            runroot: tempfile::Builder::new()
+                .prefix("shoal-pr")
+                .tempdir_in("/tmp")
+                .expect("a temporary directory in /tmp"),
             registries_conf: registries_conf.to_owned(),
         }
     }
@@ -82,7 +86,7 @@ impl Podman {
             .arg("--root")
             .arg(&self.root)
             .arg("--runroot")
-            .arg(&self.runroot);
+            .arg(self.runroot.path());
         cmd
     }
 
@@ -115,7 +119,7 @@ impl Drop for Podman {
             .arg("--root")
             .arg(&self.root)
             .arg("--runroot")
-            .arg(&self.runroot)
+            .arg(self.runroot.path())
             .args(["system", "reset", "--force"])
             .output();
     }

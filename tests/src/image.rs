@@ -15,10 +15,11 @@ use shoal_protocol::Digest;
 
 use crate::process::run;
 
-/// One layer: files (path, content) and directories, as a tar.
+/// One layer: files (path, content) and directories, as a tar; or a tar given whole.
 #[derive(Clone, Debug, Default)]
 pub struct Layer {
     entries: Vec<(String, Option<Vec<u8>>)>,
+    raw: Option<Vec<u8>>,
 }
 
 impl Layer {
@@ -39,8 +40,19 @@ impl Layer {
         self
     }
 
+    /// A layer of exactly these tar bytes (which need not be a valid tar).
+    pub fn raw_tar(bytes: Vec<u8>) -> Self {
+        Layer {
+            entries: Vec::new(),
+            raw: Some(bytes),
+        }
+    }
+
     /// The uncompressed tar.
     pub fn tar(&self) -> anyhow::Result<Vec<u8>> {
+        if let Some(raw) = &self.raw {
+            return Ok(raw.clone());
+        }
         let mut b = tar::Builder::new(Vec::new());
         for (path, content) in &self.entries {
             let mut h = tar::Header::new_gnu();
@@ -93,11 +105,25 @@ pub struct Built {
     pub arch: String,
 }
 
+/// How layers are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LayerCompression {
+    /// gzip level 6 (flate2).
+    #[default]
+    Gzip,
+    /// zstd level 3.
+    Zstd,
+    /// A plain tar.
+    None,
+}
+
 /// An OCI image layout directory being filled.
 pub struct Layout {
     /// Its directory.
     pub dir: PathBuf,
     index: Vec<serde_json::Value>,
+    /// How the next images' layers are compressed.
+    pub compression: LayerCompression,
 }
 
 impl Layout {
@@ -108,6 +134,7 @@ impl Layout {
         Ok(Layout {
             dir: dir.to_owned(),
             index: Vec::new(),
+            compression: LayerCompression::Gzip,
         })
     }
 
@@ -124,21 +151,46 @@ impl Layout {
         arch: &str,
         tag: Option<&str>,
     ) -> anyhow::Result<Built> {
+        self.image_with_diff_ids(layers, arch, tag, None)
+    }
+
+    /// Like [`Layout::image`], with the config's diff_ids given (`None`: the tars' own),
+    /// to make an image whose config lies about its layers.
+    pub fn image_with_diff_ids(
+        &mut self,
+        layers: &[Layer],
+        arch: &str,
+        tag: Option<&str>,
+        diff_id_override: Option<Vec<Digest>>,
+    ) -> anyhow::Result<Built> {
         let mut layer_descs = Vec::new();
         let mut diff_ids = Vec::new();
         let mut blobs = Vec::new();
-        for layer in layers {
+        for (i, layer) in layers.iter().enumerate() {
             let tar = layer.tar()?;
-            diff_ids.push(Digest::of(&tar).to_string());
-            let mut gz = GzEncoder::new(Vec::new(), Compression::new(6));
-            gz.write_all(&tar)?;
-            let gz = gz.finish()?;
-            let d = self.put(&gz)?;
+            let diff_id = match &diff_id_override {
+                Some(ids) => *ids.get(i).context("a diff_id per layer")?,
+                None => Digest::of(&tar),
+            };
+            diff_ids.push(diff_id.to_string());
+            let (blob, media_type) = match self.compression {
+                LayerCompression::Gzip => {
+                    let mut gz = GzEncoder::new(Vec::new(), Compression::new(6));
+                    gz.write_all(&tar)?;
+                    (gz.finish()?, "application/vnd.oci.image.layer.v1.tar+gzip")
+                }
+                LayerCompression::Zstd => (
+                    zstd::bulk::compress(&tar, 3)?,
+                    "application/vnd.oci.image.layer.v1.tar+zstd",
+                ),
+                LayerCompression::None => (tar, "application/vnd.oci.image.layer.v1.tar"),
+            };
+            let d = self.put(&blob)?;
             blobs.push(d);
             layer_descs.push(json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "mediaType": media_type,
                 "digest": d.to_string(),
-                "size": gz.len(),
+                "size": blob.len(),
             }));
         }
         let config = json!({
@@ -281,6 +333,74 @@ pub struct PushOptions {
     pub cert_dir: Option<PathBuf>,
 }
 
+impl Layout {
+    /// Pushes `built` to `registry` (`http://host:port`) as `repo:tag` through the
+    /// distribution API itself (curl), byte for byte: skopeo would recompress an
+    /// uncompressed layer on the way.
+    pub fn push_exact(
+        &self,
+        built: &Built,
+        registry: &str,
+        repo: &str,
+        tag: &str,
+    ) -> anyhow::Result<()> {
+        for d in &built.blobs {
+            let start = curl(&[
+                "-X",
+                "POST",
+                &format!("{registry}/v2/{repo}/blobs/uploads/"),
+            ])?;
+            let location = start
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Location: ")
+                        .or_else(|| l.strip_prefix("location: "))
+                })
+                .context("the registry gave no upload location")?
+                .trim()
+                .to_owned();
+            let sep = if location.contains('?') { '&' } else { '?' };
+            let url = if location.starts_with("http") {
+                location.clone()
+            } else {
+                format!("{registry}{location}")
+            };
+            let path = self.dir.join("blobs/sha256").join(d.hex());
+            curl(&[
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &format!("@{}", path.display()),
+                &format!("{url}{sep}digest={d}"),
+            ])?;
+        }
+        let manifest = self.dir.join("blobs/sha256").join(built.manifest.hex());
+        curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", manifest.display()),
+            &format!("{registry}/v2/{repo}/manifests/{tag}"),
+        ])?;
+        Ok(())
+    }
+}
+
+/// Runs curl with `args`, failing on an HTTP error; returns headers and body.
+fn curl(args: &[&str]) -> anyhow::Result<String> {
+    let out = run(
+        Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--noproxy", "*", "-D", "-"])
+            .args(args),
+        Duration::from_secs(120),
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn descriptor(b: &Built, media_type: &str, tag: Option<&str>) -> serde_json::Value {
     let mut d = json!({
         "mediaType": media_type,
@@ -365,13 +485,17 @@ pub fn podman_push(work: &Path, files: &[(&str, Vec<u8>)], dest: &str) -> anyhow
     }
     let tar_path = work.join("podman-rootfs.tar");
     std::fs::write(&tar_path, layer.tar()?)?;
+    // podman refuses a runroot path over 50 characters.
+    let runroot = tempfile::Builder::new()
+        .prefix("shoal-pr")
+        .tempdir_in("/tmp")?;
     let podman = |args: &[&str]| {
         let mut cmd = Command::new("podman");
         cmd.arg("--storage-driver=vfs")
             .arg("--root")
             .arg(work.join("podman-push-storage"))
             .arg("--runroot")
-            .arg(work.join("podman-push-run"))
+            .arg(runroot.path())
             .args(args);
         cmd
     };

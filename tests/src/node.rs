@@ -143,6 +143,23 @@ impl Node {
             .with_context(|| format!("shoal stats has no {name}"))
     }
 
+    /// Waits until the node has no layer left to ingest and holds at least `recipes`
+    /// recipes; returns its stats then.
+    pub fn wait_ingested(&self, recipes: u64) -> anyhow::Result<serde_json::Value> {
+        let mut last = serde_json::Value::Null;
+        crate::process::wait_until(
+            &format!("{recipes} recipes"),
+            Duration::from_secs(120),
+            || {
+                last = self.stats()?;
+                Ok(last["ingest_pending"].as_u64() == Some(0)
+                    && last["recipes"].as_u64().unwrap_or(0) >= recipes)
+            },
+        )
+        .with_context(|| format!("last stats: {last}\n{}", self.log_tail()))?;
+        Ok(last)
+    }
+
     /// `shoal configure ENGINE ...` with this node's upstream flags.
     pub fn configure(&self, engine: &str, extra: &[&str]) -> anyhow::Result<String> {
         let mut cmd = Command::new(shoal_binary()?);

@@ -222,7 +222,10 @@ fn tag_lists_pass_through_from_the_origin() -> anyhow::Result<()> {
     // Pagination parameters reach the origin (distribution 2.8 itself ignores them,
     // so the answers are compared rather than assumed).
     let origin_page = http_get(&format!("{}/v2/tags/tags/list?n=1", m.registry.url()), &[])?;
-    let page = http_get(&format!("{}/v2/{prefix}/tags/tags/list?n=1", m.node.url()), &[])?;
+    let page = http_get(
+        &format!("{}/v2/{prefix}/tags/tags/list?n=1", m.node.url()),
+        &[],
+    )?;
     assert_eq!(page.body, origin_page.body);
     Ok(())
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{LogFormat, NodeConfig, NodeFlags};
+use crate::inspect::ImageReport;
 use crate::stats::StatsSnapshot;
 
 /// shoal: peer-to-peer distribution of container images.
@@ -26,6 +27,18 @@ enum Command {
     /// Show a running node's counters.
     Stats {
         /// Print JSON (the fields are stable; new ones may be added).
+        #[arg(long)]
+        json: bool,
+        /// The node's mirror URL.
+        #[arg(long, default_value = "http://127.0.0.1:5050")]
+        node: String,
+    },
+    /// Show what the node holds of an image: per layer, files, chunks, and content
+    /// shared with other stored layers.
+    Inspect {
+        /// The image, as engines name it: [registry/]repository[:tag|@digest].
+        image: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         /// The node's mirror URL.
@@ -59,6 +72,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Inspect { image, json, node } => {
+            init_logging(LogFormat::Text);
+            let report = runtime()?.block_on(fetch_inspect(&node, &image))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_inspect(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Configure(args) => {
             configure::run(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -88,16 +111,9 @@ fn init_logging(format: LogFormat) {
 
 async fn fetch_stats(node: &str) -> anyhow::Result<StatsSnapshot> {
     let url = format!("{}/_shoal/stats", node.trim_end_matches('/'));
-    let response = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()?
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| {
-            format!("cannot reach the node at {node} (is `shoal node` running? use --node URL)")
-        })?;
+    let response = http_client()?.get(&url).send().await.with_context(|| {
+        format!("cannot reach the node at {node} (is `shoal node` running? use --node URL)")
+    })?;
     if !response.status().is_success() {
         anyhow::bail!(
             "the node at {node} answered {} for {url}",
@@ -108,6 +124,80 @@ async fn fetch_stats(node: &str) -> anyhow::Result<StatsSnapshot> {
         .json()
         .await
         .with_context(|| format!("{url} did not answer with shoal stats"))
+}
+
+async fn fetch_inspect(node: &str, image: &str) -> anyhow::Result<ImageReport> {
+    let mut url = url::Url::parse(&format!("{}/_shoal/inspect", node.trim_end_matches('/')))
+        .with_context(|| format!("--node {node:?} is not a URL"))?;
+    url.query_pairs_mut().append_pair("image", image);
+    let response = http_client()?
+        .get(url.clone())
+        .send()
+        .await
+        .with_context(|| {
+            format!("cannot reach the node at {node} (is `shoal node` running? use --node URL)")
+        })?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let message = body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        anyhow::bail!("the node answered {status}: {message}");
+    }
+    response
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer with an inspect report"))
+}
+
+fn print_inspect(r: &ImageReport) {
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    println!("{}  {} ({})", r.image, r.manifest, r.media_type);
+    for image in &r.images {
+        if let Some(p) = &image.platform {
+            println!(
+                "\nplatform {p}  {}{}",
+                image.manifest,
+                if image.held { "" } else { "  (not held)" }
+            );
+        }
+        println!(
+            "{:<20} {:>10} {:>10} {:>8} {:>8} {:>18}",
+            "LAYER", "BLOB", "TAR", "FILES", "CHUNKS", "SHARED"
+        );
+        for l in &image.layers {
+            let short = l.digest.get(7..19).unwrap_or(&l.digest);
+            if !l.recipe {
+                let what = if l.held {
+                    "held, no recipe yet"
+                } else {
+                    "not held"
+                };
+                println!("{short:<20} {:>10} {what:>47}", mb(l.size));
+                continue;
+            }
+            let pct = (100 * l.shared_bytes)
+                .checked_div(l.content_bytes)
+                .unwrap_or(0);
+            println!(
+                "{short:<20} {:>10} {:>10} {:>8} {:>8} {:>11} ({pct:>2}%)",
+                mb(l.size),
+                mb(l.tar_bytes),
+                l.files,
+                l.chunks,
+                mb(l.shared_bytes)
+            );
+        }
+    }
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?)
 }
 
 fn print_stats(s: &StatsSnapshot) {

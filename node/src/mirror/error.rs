@@ -83,6 +83,17 @@ impl MirrorError {
         )
     }
 
+    /// An inspect request the node cannot answer.
+    pub fn inspect(e: crate::inspect::InspectError) -> Self {
+        use crate::inspect::InspectError as E;
+        let status = match &e {
+            E::BadReference(_) => StatusCode::BAD_REQUEST,
+            E::Unknown(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, "UNKNOWN", e.to_string())
+    }
+
     /// A failure of the node itself.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::new(

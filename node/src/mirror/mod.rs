@@ -7,6 +7,7 @@
 //! component (`/v2/<registry>/<repo>/...`, for podman and CRI-O mirror locations; see
 //! [`shoal_protocol::reference::registry_in_path`]), or the node's default upstream.
 
+mod admin;
 mod error;
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use shoal_protocol::range::{RangeRequest, parse_range};
 use shoal_protocol::reference::registry_in_path;
@@ -33,7 +34,9 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v2/", get(api_root).head(api_root))
         .route("/v2", get(api_root).head(api_root))
-        .route("/_shoal/stats", get(stats))
+        .route("/_shoal/stats", get(admin::stats))
+        .route("/_shoal/inspect", get(admin::inspect))
+        .route("/_shoal/layers/{digest}/tar", get(admin::layer_tar))
         .fallback(dispatch)
         .with_state(node)
 }
@@ -50,11 +53,6 @@ async fn api_root() -> Response {
         HeaderValue::from_static(API_VERSION),
     );
     r
-}
-
-async fn stats(State(node): State<Arc<Node>>) -> Result<Response, MirrorError> {
-    let snapshot = node.stats_snapshot().await.map_err(MirrorError::internal)?;
-    Ok(axum::Json(snapshot).into_response())
 }
 
 /// What a `/v2/...` path asks for.
@@ -172,6 +170,11 @@ async fn manifest(
         .collect::<Vec<_>>()
         .join(", ");
     let m = node.manifests.get(source, reference, Some(&accept)).await?;
+    // Served manifests were parsed before they were kept; parsing again is cheap and
+    // tells the ingest which blobs are layers.
+    if let Ok(parsed) = shoal_protocol::manifest::Manifest::parse(&m.bytes, Some(&m.media_type)) {
+        node.ingest.image_seen(source, &parsed);
+    }
     let len = m.bytes.len();
     let mut r = if head {
         Response::new(Body::empty())

@@ -32,8 +32,8 @@ pub trait RecipeStore {
     /// The bytes of chunk `id`, as stored (callers check them against the id).
     fn chunk(&self, id: &ChunkId) -> Result<Option<Bytes>, StoreError>;
 
-    /// Whether chunk `id` is stored.
-    fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError>;
+    /// How many layers use chunk `id` (0: not stored).
+    fn chunk_users(&self, id: &ChunkId) -> Result<u64, StoreError>;
 
     /// Starts (or restarts) building the recipe of `layer`, dropping what an earlier
     /// attempt left.
@@ -97,8 +97,11 @@ impl<E: Engine> RecipeStore for ContentStore<E> {
         self.engine().get_bytes(Table::Chunks, &id.0)
     }
 
-    fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        Ok(self.engine().get(Table::ChunkRefs, &id.0)?.is_some())
+    fn chunk_users(&self, id: &ChunkId) -> Result<u64, StoreError> {
+        match self.engine().get(Table::ChunkRefs, &id.0)? {
+            Some(v) => Ok(codec::decode_piece_ref(&format!("chunk ref {id}"), &v)?.0),
+            None => Ok(0),
+        }
     }
 
     fn begin_recipe(&self, layer: &Digest) -> Result<(), StoreError> {

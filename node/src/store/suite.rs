@@ -251,7 +251,8 @@ mod recipes {
                     "{name}"
                 );
             }
-            assert!(!store.has_chunk(&chunks(&[1])[0].0).unwrap(), "{name}");
+            assert_eq!(store.chunk_users(&chunks(&[1])[0].0).unwrap(), 0, "{name}");
+            assert_eq!(store.chunk_users(&chunks(&[2])[0].0).unwrap(), 1, "{name}");
             store.remove_recipe(&b).unwrap();
             assert_eq!(store.totals().unwrap(), Default::default(), "{name}");
         }
