@@ -221,10 +221,13 @@ impl Blobs {
         let mut rx = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(rx) = inflight.get(&digest) {
+                Stats::add(&self.stats.blob_cache_misses, 1);
                 rx.clone()
             } else if let Some(record) = self.store.blob(&digest)? {
+                Stats::add(&self.stats.blob_cache_hits, 1);
                 return Ok(self.opened(digest, record.size, OpenSource::Stored(record)));
             } else {
+                Stats::add(&self.stats.blob_cache_misses, 1);
                 let (tx, rx) = watch::channel(FetchState {
                     size: None,
                     pieces: Vec::new(),

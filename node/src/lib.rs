@@ -7,9 +7,11 @@
 pub mod blobs;
 pub mod cli;
 pub mod config;
+pub mod fsck;
 pub mod ingest;
 pub mod inspect;
 pub mod manifests;
+pub mod metrics;
 pub mod mirror;
 pub mod node;
 pub mod origin;

@@ -8,6 +8,7 @@ use crate::blobs::Blobs;
 use crate::config::NodeConfig;
 use crate::ingest::Ingest;
 use crate::manifests::Manifests;
+use crate::metrics::RequestMetrics;
 use crate::origin::Origin;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::content::ContentStore;
@@ -30,6 +31,8 @@ pub struct Node {
     pub stats: Arc<Stats>,
     /// Layer ingest (recipes).
     pub ingest: Arc<Ingest>,
+    /// Request latencies for `/metrics`.
+    pub requests: RequestMetrics,
 }
 
 impl Node {
@@ -70,6 +73,7 @@ impl Node {
             manifests,
             stats,
             ingest,
+            requests: RequestMetrics::default(),
         }))
     }
 

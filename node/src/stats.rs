@@ -27,6 +27,11 @@ pub struct Stats {
     pub layers_ingested: AtomicU64,
     /// Layers that could not be given a recipe (see the log for why).
     pub ingest_failures: AtomicU64,
+    /// Blob opens the store answered complete, with no origin fetch.
+    pub blob_cache_hits: AtomicU64,
+    /// Blob opens the store could not answer: each started an origin fetch or joined
+    /// one already running.
+    pub blob_cache_misses: AtomicU64,
 }
 
 impl Stats {
@@ -57,6 +62,8 @@ impl Stats {
             layers_ingested: get(&self.layers_ingested),
             ingest_failures: get(&self.ingest_failures),
             ingest_pending,
+            blob_cache_hits: get(&self.blob_cache_hits),
+            blob_cache_misses: get(&self.blob_cache_misses),
         }
     }
 }
@@ -100,4 +107,11 @@ pub struct StatsSnapshot {
     pub ingest_failures: u64,
     /// Layers waiting to be ingested or being ingested now.
     pub ingest_pending: u64,
+    /// Blob opens answered from the store since the node started (absent from older
+    /// nodes, hence the default).
+    #[serde(default)]
+    pub blob_cache_hits: u64,
+    /// Blob opens that started or joined an origin fetch since the node started.
+    #[serde(default)]
+    pub blob_cache_misses: u64,
 }

@@ -33,17 +33,32 @@ fn build_shoal() -> anyhow::Result<PathBuf> {
         .context("workspace root")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace)
-        .args(["build", "-q", "-p", "shoal-node", "--bin", "shoal"]);
+    cmd.current_dir(workspace).args([
+        "build",
+        "-q",
+        "-p",
+        "shoal-node",
+        "--bin",
+        "shoal",
+        "--message-format=json-render-diagnostics",
+    ]);
     if release {
         cmd.arg("--release");
     }
-    run(&mut cmd, Duration::from_secs(1800)).context("building the shoal binary")?;
-    let bin = profile_dir.join("shoal");
-    if !bin.is_file() {
-        bail!("built shoal but {} is not there", bin.display());
+    let out = run(&mut cmd, Duration::from_secs(1800)).context("building the shoal binary")?;
+    // The executable cargo reports for this workspace, not `<target>/debug/shoal`: the
+    // target directory may be shared with other checkouts (CI clones), which all
+    // uplift to that one path.
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "shoal")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo reported no shoal executable")?;
+    if !exe.is_file() {
+        bail!("cargo built shoal but {} is not there", exe.display());
     }
-    Ok(bin)
+    Ok(exe)
 }
 
 /// A running node.

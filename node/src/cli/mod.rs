@@ -2,6 +2,7 @@
 //! function per command.
 
 mod configure;
+mod fsck;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,10 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:5050")]
         node: String,
     },
+    /// Check every stored piece and content chunk against its hash and the store's
+    /// records against each other, on a running node; drop what is damaged so that it
+    /// is fetched again. Exits 1 if anything was found.
+    Fsck(fsck::FsckArgs),
     /// Print the configuration that points an engine at this node.
     Configure(configure::ConfigureArgs),
 }
@@ -81,6 +86,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_inspect(&report);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Fsck(args) => {
+            init_logging(LogFormat::Text);
+            fsck::run(&args)
         }
         Command::Configure(args) => {
             configure::run(&args)?;

@@ -1,19 +1,26 @@
 //! The node's own endpoints beside the pull API, used by the CLI and by tests:
-//! `/_shoal/stats`, `/_shoal/inspect?image=`, and `/_shoal/layers/<digest>/tar`, which
-//! re-creates a layer's uncompressed tar from its recipe and stored chunks.
+//! `/_shoal/stats`, `/_shoal/inspect?image=`, `/_shoal/layers/<digest>/tar`, which
+//! re-creates a layer's uncompressed tar from its recipe and stored chunks, and
+//! `POST /_shoal/fsck`, which checks the whole store (see [`fsck`]).
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use shoal_protocol::Digest;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 use super::MirrorError;
+use crate::fsck::{FsckError, FsckLine, Phase};
 use crate::node::Node;
 
 pub(super) async fn stats(State(node): State<Arc<Node>>) -> Result<Response, MirrorError> {
@@ -101,4 +108,98 @@ pub(super) async fn layer_tar(
         HeaderValue::from_static("application/x-tar"),
     );
     Ok(r)
+}
+
+/// At most one check runs at a time: a second would only read the disk twice.
+static FSCK_RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// How often a running check reports its progress.
+const FSCK_PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// Clears [`FSCK_RUNNING`] when the check ends, also by a panic.
+struct FsckRunning;
+
+impl Drop for FsckRunning {
+    fn drop(&mut self) {
+        FSCK_RUNNING.store(false, Ordering::Release);
+    }
+}
+
+/// `POST /_shoal/fsck`: runs [`crate::fsck::fsck`] on the blocking pool and answers
+/// with newline-delimited JSON ([`FsckLine`]) as it goes: a progress line at each phase
+/// and every 200 ms, then the report. One request is one run, and its answer is its
+/// progress: no job to poll or forget. A client that goes away cancels the check
+/// (until its repairs begin, which always finish); a slow one only misses progress
+/// lines. A second request while a check runs gets 409.
+pub(super) async fn fsck(State(node): State<Arc<Node>>) -> Response {
+    if FSCK_RUNNING.swap(true, Ordering::AcqRel) {
+        let doc = serde_json::json!({"errors": [{
+            "code": "DENIED",
+            "message": "a check is already running on this node; wait for it to finish",
+        }]});
+        let mut r = axum::Json(doc).into_response();
+        *r.status_mut() = StatusCode::CONFLICT;
+        return r;
+    }
+    let running = FsckRunning;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    let store = Arc::clone(&node.store);
+    tokio::task::spawn_blocking(move || {
+        let _running = running;
+        let line = |l: &FsckLine| {
+            // Plain structs of numbers and strings: serialising them cannot fail.
+            let mut v = serde_json::to_vec(l).unwrap_or_default();
+            v.push(b'\n');
+            Bytes::from(v)
+        };
+        tracing::info!("fsck started");
+        let mut last: Option<(Instant, Phase)> = None;
+        let result = crate::fsck::fsck(store.as_ref(), &mut |p| {
+            let due = last
+                .is_none_or(|(at, phase)| phase != p.phase || at.elapsed() >= FSCK_PROGRESS_EVERY);
+            if !due {
+                return ControlFlow::Continue(());
+            }
+            last = Some((Instant::now(), p.phase));
+            match tx.try_send(line(&FsckLine::Progress(*p))) {
+                Err(TrySendError::Closed(_)) => ControlFlow::Break(()),
+                Ok(()) | Err(TrySendError::Full(_)) => ControlFlow::Continue(()),
+            }
+        });
+        let last_line = match result {
+            Ok(report) => {
+                tracing::info!(
+                    clean = report.clean,
+                    pieces = report.pieces_checked,
+                    chunks = report.chunks_checked,
+                    bytes = report.bytes_checked,
+                    damaged_pieces = report.damaged_pieces.len() + report.missing_pieces.len(),
+                    damaged_chunks = report.damaged_chunks.len() + report.missing_chunks.len(),
+                    blobs_dropped = report.blobs_dropped.len(),
+                    recipes_dropped = report.recipes_dropped.len(),
+                    problems = report.problems.len(),
+                    "fsck finished"
+                );
+                FsckLine::Report(Box::new(report))
+            }
+            Err(FsckError::Cancelled) => {
+                tracing::info!("fsck cancelled: the client went away");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("fsck failed: {e}");
+                FsckLine::Error(e.to_string())
+            }
+        };
+        // The client may be gone; the log has the outcome then.
+        let _ = tx.blocking_send(line(&last_line));
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(Ok::<_, std::convert::Infallible>);
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
 }

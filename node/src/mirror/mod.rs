@@ -2,7 +2,8 @@
 //!
 //! Routes: `GET /v2/`, `GET|HEAD /v2/<name>/manifests/<reference>`,
 //! `GET|HEAD /v2/<name>/blobs/<digest>` (with `Range`), `GET /v2/<name>/tags/list`,
-//! and `GET /_shoal/stats` for the CLI. Which registry a request is for comes from,
+//! `GET /_shoal/stats` for the CLI, and `GET /metrics` for Prometheus (every route is
+//! timed by [`crate::metrics::track`]). Which registry a request is for comes from,
 //! in order: containerd's `?ns=<registry>` parameter, a registry as the first path
 //! component (`/v2/<registry>/<repo>/...`, for podman and CRI-O mirror locations; see
 //! [`shoal_protocol::reference::registry_in_path`]), or the node's default upstream.
@@ -37,7 +38,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/_shoal/stats", get(admin::stats))
         .route("/_shoal/inspect", get(admin::inspect))
         .route("/_shoal/layers/{digest}/tar", get(admin::layer_tar))
+        .route("/_shoal/fsck", axum::routing::post(admin::fsck))
+        .route("/metrics", get(crate::metrics::serve))
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&node),
+            crate::metrics::track,
+        ))
         .with_state(node)
 }
 

@@ -12,7 +12,7 @@ use super::codec;
 use super::engine::{Batch, Engine, Table};
 use super::{BlobRecord, PartialBlob, Store, StoreError, TagRecord, Totals};
 
-const TOTALS_KEY: &[u8] = b"totals";
+pub(super) const TOTALS_KEY: &[u8] = b"totals";
 
 /// A [`Store`] over an engine.
 pub struct ContentStore<E> {
@@ -132,21 +132,25 @@ impl<E: Engine> ContentStore<E> {
 }
 
 /// What is reference counted: pieces of blobs, and content chunks of recipes.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Counted {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// Pieces, used by complete and partial blobs.
     Pieces,
+    /// Content chunks, used by complete recipes and recipes being built.
     Chunks,
 }
 
 impl Counted {
-    fn tables(self) -> (Table, Table) {
+    /// Its (bytes, reference counts) tables.
+    pub(super) fn tables(self) -> (Table, Table) {
         match self {
             Counted::Pieces => (Table::Pieces, Table::PieceRefs),
             Counted::Chunks => (Table::Chunks, Table::ChunkRefs),
         }
     }
 
-    fn name(self) -> &'static str {
+    /// "piece" or "chunk".
+    pub fn name(self) -> &'static str {
         match self {
             Counted::Pieces => "piece",
             Counted::Chunks => "chunk",
@@ -365,5 +369,25 @@ impl<E: Engine> Store for ContentStore<E> {
 
     fn totals(&self) -> Result<Totals, StoreError> {
         Ok(*self.writer())
+    }
+
+    fn scan(
+        &self,
+        tables: &[Table],
+        f: &mut dyn FnMut(super::check::Scanned<'_>) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.scan_snapshot(tables, f)
+    }
+
+    fn drop_piece_users(
+        &self,
+        id: &PieceId,
+        blobs: &[Digest],
+    ) -> Result<super::check::Dropped, StoreError> {
+        self.drop_piece_users_now(id, blobs)
+    }
+
+    fn correct_refs(&self, kind: Counted, id: &[u8; 32], delta: i64) -> Result<(), StoreError> {
+        self.correct_refs_now(kind, id, delta)
     }
 }

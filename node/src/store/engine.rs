@@ -1,6 +1,8 @@
 //! The key-value engine under the content store: named tables, point reads, atomic
 //! batches. It knows nothing of blobs or pieces; [`super::content`] holds those rules.
 
+use std::ops::ControlFlow;
+
 use bytes::Bytes;
 
 use super::StoreError;
@@ -111,4 +113,21 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Every key in `table` that starts with `prefix`, in order.
     fn keys_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// Calls `f` with a [`Snapshot`] of every table taken now. Takes no lock that
+    /// writers wait on: writes go on while `f` runs, and do not show in the snapshot.
+    fn with_snapshot(
+        &self,
+        f: &mut dyn FnMut(&dyn Snapshot) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+}
+
+/// What a [`Snapshot::scan`] calls with each key and value; breaking stops the scan.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
+
+/// Every table as it was at one moment (what a consistency check needs: a count and
+/// the records it counts, read at the same instant).
+pub trait Snapshot {
+    /// Calls `f` with each key and value of `table` in key order, until it breaks.
+    fn scan(&self, table: Table, f: &mut Visit<'_>) -> Result<(), StoreError>;
 }

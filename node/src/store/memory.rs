@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::StoreError;
-use super::engine::{Batch, Engine, Table};
+use super::engine::{Batch, Engine, Snapshot, Table, Visit};
 
 /// Every table's entries, keyed by (table, key).
 type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
@@ -61,5 +61,32 @@ impl Engine for MemoryEngine {
             .take_while(|((t, _), _)| *t == table)
             .map(|((_, k), _)| k.clone())
             .collect())
+    }
+
+    fn with_snapshot(
+        &self,
+        f: &mut dyn FnMut(&dyn Snapshot) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // A copy of everything, taken under the lock: fine for the test engine.
+        let copy = MemorySnapshot(self.tables().clone());
+        f(&copy)
+    }
+}
+
+/// A copy of the tables.
+struct MemorySnapshot(Tables);
+
+impl Snapshot for MemorySnapshot {
+    fn scan(&self, table: Table, f: &mut Visit<'_>) -> Result<(), StoreError> {
+        for ((_, k), v) in self
+            .0
+            .range((table, Vec::new())..)
+            .take_while(|((t, _), _)| *t == table)
+        {
+            if f(k, v).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 }

@@ -13,9 +13,12 @@
 //! will turn into. It does keep piece reference counts, so that removing one blob never
 //! removes a piece another blob still uses.
 
+use std::ops::ControlFlow;
+
 use bytes::Bytes;
 use shoal_protocol::{Digest, PIECE_SIZE, PieceId, RepoName};
 
+pub mod check;
 pub mod codec;
 pub mod content;
 pub mod engine;
@@ -177,6 +180,38 @@ pub trait Store: recipes::RecipeStore + Send + Sync + 'static {
 
     /// Totals over the store.
     fn totals(&self) -> Result<Totals, StoreError>;
+
+    /// Calls `f` with what `tables` hold (tags excepted), table after table, all as they
+    /// were at one moment, until `f` breaks. Takes no lock that writers wait on. For
+    /// checks of the whole store ([`crate::fsck`]).
+    fn scan(
+        &self,
+        tables: &[engine::Table],
+        f: &mut dyn FnMut(check::Scanned<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
+    /// If piece `id` is still missing or damaged when read again under the writer lock,
+    /// drops in one atomic batch every user of it: the blobs among `blobs` whose record
+    /// still names it, and every partial blob that does. Dropping them together takes
+    /// bad bytes out with their last reference, so that a fetch of any of them stores
+    /// the piece afresh instead of referencing the bad copy.
+    fn drop_piece_users(
+        &self,
+        id: &PieceId,
+        blobs: &[Digest],
+    ) -> Result<check::Dropped, StoreError>;
+
+    /// Adds `delta` to the reference count of piece or chunk `id`: the correction of a
+    /// count a consistent scan found off by `-delta` from its users. Every store change
+    /// moves a count and its users together, so the correction holds whatever was
+    /// written since the scan. Refused if `id` has no count; a count brought to zero
+    /// drops the bytes, as a last release does.
+    fn correct_refs(
+        &self,
+        kind: content::Counted,
+        id: &[u8; 32],
+        delta: i64,
+    ) -> Result<(), StoreError>;
 
     /// Stores a small blob held whole in memory (a manifest or config) whose sha256 the
     /// caller has checked. A crash midway leaves a partial, which the next call replaces.

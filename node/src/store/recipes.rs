@@ -58,6 +58,17 @@ pub trait RecipeStore {
 
     /// Layers whose recipe is being built (or was, when a process died).
     fn partial_recipes(&self) -> Result<Vec<Digest>, StoreError>;
+
+    /// If chunk `id` is still missing or damaged when read again under the writer lock,
+    /// drops in one atomic batch every recipe that uses it: complete recipes of the
+    /// layers among `layers`, and every recipe being built. (See
+    /// [`super::Store::drop_piece_users`]; a dropped recipe is rebuilt when its image
+    /// is next served.)
+    fn drop_chunk_users(
+        &self,
+        id: &ChunkId,
+        layers: &[Digest],
+    ) -> Result<super::check::Dropped, StoreError>;
 }
 
 fn layer_chunk_key(layer: &Digest, id: &ChunkId) -> Vec<u8> {
@@ -222,6 +233,14 @@ impl<E: Engine> RecipeStore for ContentStore<E> {
         next.recipe_tar_bytes = next.recipe_tar_bytes.saturating_sub(record.tar_size);
         self.commit_batch(&mut totals, next, batch)?;
         Ok(true)
+    }
+
+    fn drop_chunk_users(
+        &self,
+        id: &ChunkId,
+        layers: &[Digest],
+    ) -> Result<super::check::Dropped, StoreError> {
+        self.drop_chunk_users_now(id, layers)
     }
 
     fn partial_recipes(&self) -> Result<Vec<Digest>, StoreError> {

@@ -16,7 +16,7 @@ use rocksdb::{
 };
 
 use super::StoreError;
-use super::engine::{Batch, Engine, Table};
+use super::engine::{Batch, Engine, Snapshot, Table, Visit};
 
 /// RocksDB behind the [`Engine`] interface.
 pub struct RocksEngine {
@@ -164,6 +164,44 @@ impl Engine for RocksEngine {
             .iterator_cf(self.cf(table)?, IteratorMode::Start)
             .map(|kv| kv.map(|(k, _)| k.to_vec()).map_err(db_error))
             .collect()
+    }
+
+    fn with_snapshot(
+        &self,
+        f: &mut dyn FnMut(&dyn Snapshot) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // A RocksDB snapshot: a sequence number that reads are pinned to. Writers go on;
+        // files the snapshot still sees are kept until it is released.
+        let snapshot = self.db.snapshot();
+        f(&RocksSnapshot {
+            engine: self,
+            snapshot: &snapshot,
+        })
+    }
+}
+
+struct RocksSnapshot<'a> {
+    engine: &'a RocksEngine,
+    snapshot: &'a rocksdb::Snapshot<'a>,
+}
+
+impl Snapshot for RocksSnapshot<'_> {
+    fn scan(&self, table: Table, f: &mut Visit<'_>) -> Result<(), StoreError> {
+        let mut ro = read_options(table);
+        // A whole-table scan would evict what the serve path keeps in the block cache.
+        ro.fill_cache(false);
+        let mut it = self
+            .snapshot
+            .raw_iterator_cf_opt(self.engine.cf(table)?, ro);
+        it.seek_to_first();
+        // The raw iterator lends its key and value: nothing is copied per entry.
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if f(k, v).is_break() {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status().map_err(db_error)
     }
 }
 
