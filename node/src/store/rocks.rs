@@ -38,6 +38,11 @@ impl RocksEngine {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_keep_log_file_num(4);
+        // Reads map the files instead of copying them into RocksDB's buffers: one
+        // copy less per piece served (serving went from 0.89x to 1.00x of the origin
+        // in shoal-bench serve). A file damaged under the mapping faults rather than
+        // returning an error; see ARCHITECTURE.md.
+        db_opts.set_allow_mmap_reads(true);
         let cfs = Table::ALL.map(|t| ColumnFamilyDescriptor::new(t.name(), table_options(t)));
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|e| open_error(dir, e))?;
         Ok(RocksEngine {
