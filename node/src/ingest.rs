@@ -243,6 +243,17 @@ impl Ingest {
             });
         }
         for (layer, diff_id) in layers.iter().zip(diff_ids) {
+            // Record the expectation before looking at the store: a fetch that
+            // completes in between then finds it (and the watcher enqueues), or this
+            // check finds the blob held. Whoever takes the entry out of the map
+            // enqueues, so the layer is ingested exactly once.
+            {
+                let mut expected = self.expected();
+                if expected.len() >= MAX_EXPECTED {
+                    expected.clear();
+                }
+                expected.insert(layer.digest, diff_id);
+            }
             let (store, d) = (Arc::clone(&self.store), layer.digest);
             let (held, has_recipe) =
                 tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
@@ -251,16 +262,9 @@ impl Ingest {
                 .await
                 .map_err(|e| IngestError::Internal(e.to_string()))??;
             if has_recipe {
-                continue;
-            }
-            if held {
+                self.expected().remove(&layer.digest);
+            } else if held && self.expected().remove(&layer.digest).is_some() {
                 self.enqueue(layer.digest, diff_id);
-            } else {
-                let mut expected = self.expected();
-                if expected.len() >= MAX_EXPECTED {
-                    expected.clear();
-                }
-                expected.insert(layer.digest, diff_id);
             }
         }
         Ok(())
