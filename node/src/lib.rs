@@ -8,6 +8,7 @@ pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod fsck;
+pub mod gc;
 pub mod ingest;
 pub mod inspect;
 pub mod manifests;

@@ -32,6 +32,12 @@ pub struct Stats {
     /// Blob opens the store could not answer: each started an origin fetch or joined
     /// one already running.
     pub blob_cache_misses: AtomicU64,
+    /// Garbage collections run.
+    pub gc_runs: AtomicU64,
+    /// Bytes garbage collection freed.
+    pub gc_bytes_freed: AtomicU64,
+    /// Images garbage collection removed.
+    pub gc_images_removed: AtomicU64,
 }
 
 impl Stats {
@@ -64,6 +70,10 @@ impl Stats {
             ingest_pending,
             blob_cache_hits: get(&self.blob_cache_hits),
             blob_cache_misses: get(&self.blob_cache_misses),
+            gc_runs: get(&self.gc_runs),
+            gc_bytes_freed: get(&self.gc_bytes_freed),
+            gc_images_removed: get(&self.gc_images_removed),
+            store_bytes: totals.piece_bytes + totals.chunk_bytes,
         }
     }
 }
@@ -114,4 +124,16 @@ pub struct StatsSnapshot {
     /// Blob opens that started or joined an origin fetch since the node started.
     #[serde(default)]
     pub blob_cache_misses: u64,
+    /// Garbage collections run since the node started.
+    #[serde(default)]
+    pub gc_runs: u64,
+    /// Bytes they freed.
+    #[serde(default)]
+    pub gc_bytes_freed: u64,
+    /// Images they removed.
+    #[serde(default)]
+    pub gc_images_removed: u64,
+    /// What the store holds and the GC budget limits: piece plus chunk bytes.
+    #[serde(default)]
+    pub store_bytes: u64,
 }

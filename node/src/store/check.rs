@@ -76,7 +76,7 @@ fn decode<'a>(table: Table, key: &[u8], value: &'a [u8]) -> Option<Scanned<'a>> 
     };
     let label = || format!("{} {}", table.name(), hex::encode(key));
     let item = match (table, key.len()) {
-        (Table::Tags, _) => return None,
+        (Table::Tags | Table::Images | Table::Pins, _) => return None,
         (Table::Meta, _) if key == TOTALS_KEY => codec::decode_totals(value).map(Scanned::Totals),
         (Table::Meta, _) => return None,
         (Table::LayerChunks, 64) => {
@@ -109,7 +109,9 @@ fn decode<'a>(table: Table, key: &[u8], value: &'a [u8]) -> Option<Scanned<'a>> 
                 }
                 Table::PartialRecipes => Ok(Scanned::PartialRecipe(d)),
                 // Matched above.
-                Table::Tags | Table::Meta | Table::LayerChunks => return None,
+                Table::Tags | Table::Images | Table::Pins | Table::Meta | Table::LayerChunks => {
+                    return None;
+                }
             }
         }
         (_, n) => return Some(unreadable(format!("a key of {n} bytes"))),

@@ -89,6 +89,69 @@ pub fn decode_tag(key: &str, bytes: &[u8]) -> Result<TagRecord, StoreError> {
     })
 }
 
+/// Encodes an image record.
+pub fn encode_image(r: &super::images::ImageRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 16 + 2 + r.media_type.len() + 4 + r.refs.len() * 32);
+    out.push(V1);
+    out.extend_from_slice(&r.first_seen.to_le_bytes());
+    out.extend_from_slice(&r.last_used.to_le_bytes());
+    out.extend_from_slice(&(r.media_type.len() as u16).to_le_bytes());
+    out.extend_from_slice(r.media_type.as_bytes());
+    out.extend_from_slice(&(r.refs.len() as u32).to_le_bytes());
+    for d in &r.refs {
+        out.extend_from_slice(d.as_bytes());
+    }
+    out
+}
+
+/// Decodes an image record.
+pub fn decode_image(key: &str, bytes: &[u8]) -> Result<super::images::ImageRecord, StoreError> {
+    let mut r = Reader::new(key, bytes);
+    r.version()?;
+    let first_seen = r.u64()?;
+    let last_used = r.u64()?;
+    let len = r.u16()? as usize;
+    let media = r.take(len)?;
+    let media_type = std::str::from_utf8(media)
+        .map_err(|_| r.bad("media type is not UTF-8"))?
+        .to_owned();
+    // Same layout as a piece list: a count, then 32-byte ids.
+    let refs = r
+        .pieces()?
+        .into_iter()
+        .map(|p| Digest::from_bytes(p.0))
+        .collect();
+    r.end()?;
+    Ok(super::images::ImageRecord {
+        media_type,
+        refs,
+        first_seen,
+        last_used,
+    })
+}
+
+/// Encodes a pin: when it was set and when it lapses (0 for never).
+pub fn encode_pin(p: &super::images::Pin) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(V1);
+    out.extend_from_slice(&p.created.to_le_bytes());
+    out.extend_from_slice(&p.expires.unwrap_or(0).to_le_bytes());
+    out
+}
+
+/// Decodes a pin.
+pub fn decode_pin(key: &str, bytes: &[u8]) -> Result<super::images::Pin, StoreError> {
+    let mut r = Reader::new(key, bytes);
+    r.version()?;
+    let created = r.u64()?;
+    let expires = r.u64()?;
+    r.end()?;
+    Ok(super::images::Pin {
+        created,
+        expires: (expires != 0).then_some(expires),
+    })
+}
+
 /// The totals, in the order they are encoded. A record written by an older shoal has
 /// fewer values (the rest start at zero); one with more is refused.
 fn totals_fields(t: &mut Totals) -> [&mut u64; 10] {
@@ -268,6 +331,21 @@ mod tests {
             let _ = decode_tag("k", &bytes);
             let _ = decode_totals(&bytes);
             let _ = decode_piece_ref("k", &bytes);
+            let _ = decode_image("k", &bytes);
+            let _ = decode_pin("k", &bytes);
+        }
+
+        #[test]
+        fn image_records_round_trip(first in any::<u64>(), last in any::<u64>(), n in 0usize..20, media in "[a-z./+]{0,40}", expires in proptest::option::of(1u64..)) {
+            let r = super::super::images::ImageRecord {
+                media_type: media,
+                refs: (0..n).map(|i| Digest::of(&[i as u8])).collect(),
+                first_seen: first,
+                last_used: last,
+            };
+            prop_assert_eq!(decode_image("k", &encode_image(&r)).unwrap(), r);
+            let p = super::super::images::Pin { created: first, expires };
+            prop_assert_eq!(decode_pin("k", &encode_pin(&p)).unwrap(), p);
         }
     }
 

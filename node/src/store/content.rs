@@ -390,4 +390,8 @@ impl<E: Engine> Store for ContentStore<E> {
     fn correct_refs(&self, kind: Counted, id: &[u8; 32], delta: i64) -> Result<(), StoreError> {
         self.correct_refs_now(kind, id, delta)
     }
+
+    fn compact(&self) -> Result<(), StoreError> {
+        self.engine.compact()
+    }
 }

@@ -33,11 +33,15 @@ pub enum Table {
     Recipes,
     /// Layer digest → nothing: a recipe being built.
     PartialRecipes,
+    /// upstream, repository and manifest digest → image record (for GC).
+    Images,
+    /// Image key and pin name → pin.
+    Pins,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 13] = [
         Table::Pieces,
         Table::PieceRefs,
         Table::Blobs,
@@ -49,6 +53,8 @@ impl Table {
         Table::LayerChunks,
         Table::Recipes,
         Table::PartialRecipes,
+        Table::Images,
+        Table::Pins,
     ];
 
     /// The table's name on disk.
@@ -65,6 +71,8 @@ impl Table {
             Table::LayerChunks => "layer_chunks",
             Table::Recipes => "recipes",
             Table::PartialRecipes => "partial_recipes",
+            Table::Images => "images",
+            Table::Pins => "pins",
         }
     }
 
@@ -113,6 +121,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Every key in `table` that starts with `prefix`, in order.
     fn keys_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// Gives back the space of deleted content (RocksDB compacts; memory has nothing
+    /// to do).
+    fn compact(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Calls `f` with a [`Snapshot`] of every table taken now. Takes no lock that
     /// writers wait on: writes go on while `f` runs, and do not show in the snapshot.

@@ -1,5 +1,5 @@
 //! The content store: blobs kept as their exact bytes in BLAKE3-addressed pieces, plus
-//! what the node knows of tags.
+//! what the node knows of tags, images and pins.
 //!
 //! [`content::ContentStore`] keeps the store's rules (piece reference counts, partial
 //! and complete blobs, totals) over a small key-value [`engine::Engine`]. Only
@@ -22,6 +22,7 @@ pub mod check;
 pub mod codec;
 pub mod content;
 pub mod engine;
+pub mod images;
 pub mod memory;
 pub mod recipes;
 pub mod rocks;
@@ -122,7 +123,7 @@ pub enum StoreError {
 
 /// The store's interface. Implementations are safe to share between threads; their
 /// methods block on disk I/O, so async callers run them on the blocking pool.
-pub trait Store: recipes::RecipeStore + Send + Sync + 'static {
+pub trait Store: recipes::RecipeStore + images::ImageStore + Send + Sync + 'static {
     /// The complete blob `digest`, if held.
     fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, StoreError>;
 
@@ -212,6 +213,9 @@ pub trait Store: recipes::RecipeStore + Send + Sync + 'static {
         id: &[u8; 32],
         delta: i64,
     ) -> Result<(), StoreError>;
+
+    /// Gives deleted content's space back to the disk (after a GC run).
+    fn compact(&self) -> Result<(), StoreError>;
 
     /// Stores a small blob held whole in memory (a manifest or config) whose sha256 the
     /// caller has checked. A crash midway leaves a partial, which the next call replaces.

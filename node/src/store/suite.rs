@@ -280,3 +280,69 @@ mod recipes {
         }
     }
 }
+
+#[test]
+fn images_are_touched_pinned_and_removed_with_their_tags() {
+    use super::images::{ImageKey, Pin};
+    for (name, store, _dir) in stores() {
+        let key = ImageKey {
+            upstream: "127.0.0.1:5000".into(),
+            repo: RepoName::parse("app").unwrap(),
+            digest: Digest::of(b"m1"),
+        };
+        let refs = [Digest::of(b"config"), Digest::of(b"layer")];
+        store
+            .touch_image(
+                &key,
+                "application/vnd.oci.image.manifest.v1+json",
+                &refs,
+                100,
+            )
+            .unwrap();
+        store.touch_image(&key, "ignored", &[], 200).unwrap();
+        let record = store.image(&key).unwrap().unwrap();
+        assert_eq!(
+            (record.first_seen, record.last_used, record.refs.as_slice()),
+            (100, 200, &refs[..]),
+            "{name}"
+        );
+        let tag = TagRecord {
+            digest: key.digest,
+            media_type: "x".into(),
+            resolved_at: 1,
+        };
+        store.set_tag(&key.upstream, &key.repo, "v1", &tag).unwrap();
+        let other = TagRecord {
+            digest: Digest::of(b"m2"),
+            ..tag.clone()
+        };
+        store
+            .set_tag(&key.upstream, &key.repo, "v2", &other)
+            .unwrap();
+        assert_eq!(store.tags().unwrap().len(), 2, "{name}");
+
+        // Used since the caller looked: not removed.
+        assert!(!store.remove_image(&key, Some(150)).unwrap(), "{name}");
+        let pin = Pin {
+            created: 1,
+            expires: None,
+        };
+        store.set_pin(&key, "operator", &pin).unwrap();
+        assert_eq!(
+            store.pins().unwrap(),
+            vec![(key.clone(), "operator".into(), pin)]
+        );
+        assert!(!store.remove_image(&key, None).unwrap(), "{name}: pinned");
+        assert!(store.remove_pin(&key, "operator").unwrap());
+        assert!(!store.remove_pin(&key, "operator").unwrap());
+        assert!(store.remove_image(&key, Some(200)).unwrap(), "{name}");
+        assert_eq!(store.image(&key).unwrap(), None);
+        let tags = store.tags().unwrap();
+        assert_eq!(
+            tags.len(),
+            1,
+            "{name}: only the tag of the removed image goes"
+        );
+        assert_eq!(tags[0].2, "v2");
+    }
+}
