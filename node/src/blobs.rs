@@ -28,6 +28,7 @@ use shoal_protocol::{Digest, PIECE_SIZE, PieceId, PieceLayout, RepoName};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Upstream;
+use crate::gc::leases::{Lease, Leases};
 use crate::origin::{Origin, OriginError};
 use crate::stats::Stats;
 use crate::store::{BlobRecord, PieceReadError, Store, StoreError, read_piece};
@@ -148,6 +149,8 @@ pub struct Blobs {
     failures: Mutex<HashMap<Digest, (Instant, Arc<BlobError>)>>,
     /// Told the digest of every blob whose fetch completed (the ingest service listens).
     completed: Option<mpsc::UnboundedSender<Digest>>,
+    /// Every open blob and running fetch holds a lease, so GC leaves it alone.
+    leases: Arc<Leases>,
 }
 
 /// Pieces read ahead of the client while streaming a blob.
@@ -163,6 +166,10 @@ pub struct OpenBlob {
     source: OpenSource,
     store: Arc<dyn Store>,
     stats: Arc<Stats>,
+    /// Held while the blob is read: GC does not remove a blob being read.
+    _lease: Lease,
+    /// Whether the bytes read count as served to a client.
+    served: bool,
 }
 
 enum OpenSource {
@@ -180,6 +187,7 @@ impl Blobs {
         max_blob_size: u64,
         stall_timeout: std::time::Duration,
         completed: Option<mpsc::UnboundedSender<Digest>>,
+        leases: Arc<Leases>,
     ) -> Self {
         Blobs {
             store,
@@ -190,7 +198,13 @@ impl Blobs {
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             completed,
+            leases,
         }
+    }
+
+    /// The lease table its readers use (shared with ingest and GC).
+    pub fn leases(&self) -> &Arc<Leases> {
+        &self.leases
     }
 
     /// The size of blob `digest` if the node holds it or is fetching it.
@@ -218,6 +232,9 @@ impl Blobs {
         if let Some(e) = self.recent_failure(&digest) {
             return Err(clone_err(&e));
         }
+        // Leased before the store is asked: GC either removed the blob already (and
+        // this fetches it) or sees the lease and keeps it.
+        let lease = self.leases.take(digest);
         let mut rx = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(rx) = inflight.get(&digest) {
@@ -225,7 +242,7 @@ impl Blobs {
                 rx.clone()
             } else if let Some(record) = self.store.blob(&digest)? {
                 Stats::add(&self.stats.blob_cache_hits, 1);
-                return Ok(self.opened(digest, record.size, OpenSource::Stored(record)));
+                return Ok(self.opened(digest, record.size, OpenSource::Stored(record), lease));
             } else {
                 Stats::add(&self.stats.blob_cache_misses, 1);
                 let (tx, rx) = watch::channel(FetchState {
@@ -234,7 +251,8 @@ impl Blobs {
                     outcome: Outcome::Running,
                 });
                 inflight.insert(digest, rx.clone());
-                tokio::spawn(Arc::clone(self).fetch(source.clone(), digest, tx));
+                let fetch_lease = self.leases.take(digest);
+                tokio::spawn(Arc::clone(self).fetch(source.clone(), digest, tx, fetch_lease));
                 rx
             }
         };
@@ -247,10 +265,10 @@ impl Blobs {
                 // status instead of a cut response.
                 match wait_for(&mut rx, |_| false).await.outcome {
                     Outcome::Failed(e) => Err(clone_err(&e)),
-                    _ => Ok(self.opened(digest, size, OpenSource::Fetching(rx))),
+                    _ => Ok(self.opened(digest, size, OpenSource::Fetching(rx), lease)),
                 }
             }
-            (Some(size), _) => Ok(self.opened(digest, size, OpenSource::Fetching(rx))),
+            (Some(size), _) => Ok(self.opened(digest, size, OpenSource::Fetching(rx), lease)),
             (None, _) => {
                 // The fetch finished before saying a size: it completed (an empty
                 // fetch cannot fail silently), so the store has it.
@@ -259,7 +277,7 @@ impl Blobs {
                         "fetch of {digest} ended without a size or an error"
                     ))
                 })?;
-                Ok(self.opened(digest, record.size, OpenSource::Stored(record)))
+                Ok(self.opened(digest, record.size, OpenSource::Stored(record), lease))
             }
         }
     }
@@ -270,17 +288,27 @@ impl Blobs {
         failures.get(digest).map(|(_, e)| Arc::clone(e))
     }
 
-    fn opened(&self, digest: Digest, size: u64, source: OpenSource) -> OpenBlob {
+    fn opened(&self, digest: Digest, size: u64, source: OpenSource, lease: Lease) -> OpenBlob {
         OpenBlob {
             digest,
             size,
             source,
             store: Arc::clone(&self.store),
             stats: Arc::clone(&self.stats),
+            _lease: lease,
+            served: true,
         }
     }
 
-    async fn fetch(self: Arc<Self>, source: Source, digest: Digest, tx: watch::Sender<FetchState>) {
+    /// Fetches `digest` into the store, holding `_lease` (taken before the fetch was
+    /// announced) until the fetch is over.
+    async fn fetch(
+        self: Arc<Self>,
+        source: Source,
+        digest: Digest,
+        tx: watch::Sender<FetchState>,
+        _lease: Lease,
+    ) {
         Stats::add(&self.stats.origin_fetches, 1);
         let result = self.fetch_inner(&source, &digest, &tx).await;
         match &result {
@@ -600,6 +628,13 @@ async fn wait_for(
 }
 
 impl OpenBlob {
+    /// The same blob, read by the node for itself (ingest, `shoal pull`): its bytes
+    /// do not count as served.
+    pub fn unserved(mut self) -> Self {
+        self.served = false;
+        self
+    }
+
     /// The blob's size.
     pub fn size(&self) -> u64 {
         self.size
@@ -640,7 +675,9 @@ impl OpenBlob {
                 let item = match result {
                     _ if *failed => None,
                     Ok(bytes) => {
-                        Stats::add(&blob.stats.bytes_served, bytes.len() as u64);
+                        if blob.served {
+                            Stats::add(&blob.stats.bytes_served, bytes.len() as u64);
+                        }
                         Some(Ok(bytes))
                     }
                     Err(e) => {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use shoal_protocol::reference::parse_registry_host;
 use url::Url;
 
+use crate::gc::plan::Policy;
 use crate::ingest::IngestLimits;
 
 /// Where Docker Hub's registry API really lives; engines call it `docker.io`.
@@ -40,7 +41,21 @@ struct FileConfig {
     #[serde(default)]
     ingest: IngestSection,
     #[serde(default)]
+    gc: GcSection,
+    #[serde(default)]
     upstreams: Vec<UpstreamSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcSection {
+    budget: Option<String>,
+    high_water: Option<f64>,
+    low_water: Option<f64>,
+    max_age: Option<String>,
+    keep_versions: Option<usize>,
+    in_use: Option<String>,
+    interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +123,10 @@ pub struct NodeFlags {
     /// fsync every store write (survives power loss, not only a killed process).
     #[arg(long)]
     pub sync_writes: bool,
+    /// Most bytes the store may hold before GC removes least recently used images,
+    /// e.g. 20GiB; "none" for no limit [default: none].
+    #[arg(long, value_name = "SIZE")]
+    pub gc_budget: Option<String>,
     /// Print the documented example config and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -199,6 +218,8 @@ pub struct NodeConfig {
     pub origin: OriginConfig,
     /// Bounds on layer ingest.
     pub ingest: IngestLimits,
+    /// What garbage collection removes, and when.
+    pub gc: Policy,
 }
 
 impl NodeConfig {
@@ -265,6 +286,7 @@ impl NodeConfig {
                     max_ratio: file.ingest.max_ratio.unwrap_or(d.max_ratio),
                 }
             },
+            gc: gc_policy(file.gc, flags.gc_budget.as_deref())?,
         })
     }
 
@@ -288,6 +310,92 @@ impl NodeConfig {
         }
         bail!("registry {key} is not configured on this node (open_registries = false)")
     }
+}
+
+fn gc_policy(s: GcSection, budget_flag: Option<&str>) -> anyhow::Result<Policy> {
+    let d = Policy::default();
+    let budget = match budget_flag.or(s.budget.as_deref()) {
+        None => d.budget,
+        Some(v) if v.eq_ignore_ascii_case("none") => None,
+        Some(v) => Some(parse_size(v).with_context(|| format!("gc budget {v:?}"))?),
+    };
+    let off_or = |v: Option<&str>, default: Option<Duration>, what: &str| match v {
+        None => Ok(default),
+        Some(v) if v.eq_ignore_ascii_case("off") || v == "0" => Ok(None),
+        Some(v) => parse_duration(v)
+            .map(Some)
+            .with_context(|| format!("gc {what} {v:?}")),
+    };
+    let policy = Policy {
+        budget,
+        high_water: s.high_water.unwrap_or(d.high_water),
+        low_water: s.low_water.unwrap_or(d.low_water),
+        max_age: off_or(s.max_age.as_deref(), d.max_age, "max_age")?,
+        keep_versions: match s.keep_versions {
+            None => d.keep_versions,
+            Some(0) => None,
+            Some(n) => Some(n),
+        },
+        in_use: off_or(s.in_use.as_deref(), Some(d.in_use), "in_use")?.unwrap_or_default(),
+        interval: off_or(s.interval.as_deref(), Some(d.interval), "interval")?
+            .context("gc interval cannot be off; set a long one instead")?,
+    };
+    if !(0.0 < policy.low_water
+        && policy.low_water <= policy.high_water
+        && policy.high_water <= 1.0)
+    {
+        bail!(
+            "gc water marks must satisfy 0 < low_water <= high_water <= 1 (got {} and {})",
+            policy.low_water,
+            policy.high_water
+        );
+    }
+    Ok(policy)
+}
+
+/// `20GiB`, `512MB`, `1048576`: a byte count with an optional binary (KiB, MiB, GiB,
+/// TiB) or decimal (KB, MB, GB, TB) unit.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("{text:?} does not start with a number"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => bail!("unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"),
+    };
+    Ok((number * scale as f64) as u64)
+}
+
+/// `90s`, `15m`, `2h`, `30d`, `1w`: a duration in one unit.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} does not start with a whole number"))?;
+    let secs = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 24 * 3600,
+        "w" => 7 * 24 * 3600,
+        other => bail!("unknown duration unit {other:?} (use s, m, h, d or w)"),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(secs)))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -413,5 +521,42 @@ mod tests {
         );
         assert!(build("bogus = 1", NodeFlags::default()).is_err());
         assert!(build("[[upstreams]]\nurl = \"ftp://x\"", NodeFlags::default()).is_err());
+    }
+
+    #[test]
+    fn gc_settings_parse_with_units_and_can_be_turned_off() {
+        let c = build(
+            "[gc]\nbudget = \"2GiB\"\nmax_age = \"off\"\nkeep_versions = 0\ninterval = \"15m\"",
+            NodeFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.gc.budget, Some(2 << 30));
+        assert_eq!(c.gc.max_age, None);
+        assert_eq!(c.gc.keep_versions, None);
+        assert_eq!(c.gc.interval, Duration::from_secs(900));
+        let flags = NodeFlags {
+            gc_budget: Some("500MB".into()),
+            ..Default::default()
+        };
+        assert_eq!(build("", flags).unwrap().gc.budget, Some(500_000_000));
+        assert_eq!(
+            build("", NodeFlags::default()).unwrap().gc,
+            Policy::default()
+        );
+        assert!(build("[gc]\nbudget = \"lots\"", NodeFlags::default()).is_err());
+        assert!(
+            build(
+                "[gc]\nhigh_water = 0.5\nlow_water = 0.9",
+                NodeFlags::default()
+            )
+            .is_err()
+        );
+        assert!(build("[gc]\ninterval = \"off\"", NodeFlags::default()).is_err());
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
+        assert!(parse_duration("5 fortnights").is_err());
     }
 }

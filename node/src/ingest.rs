@@ -273,7 +273,7 @@ impl Ingest {
     /// The diff_ids of image config `config`, read through the blob service.
     async fn diff_ids(&self, source: &Source, config: Digest) -> Result<Vec<Digest>, IngestError> {
         use futures_util::StreamExt;
-        let open = self.blobs.open(source, config).await?;
+        let open = self.blobs.open(source, config).await?.unserved();
         if open.size() > MAX_CONFIG {
             return Err(IngestError::Config {
                 config,
@@ -320,7 +320,10 @@ impl Ingest {
 
     async fn run_one(&self, layer: Digest, diff_id: Digest) {
         let (store, limits) = (Arc::clone(&self.store), self.limits);
+        // GC leaves the blob (and its recipe) alone while it is read.
+        let lease = self.blobs.leases().take(layer);
         let result = tokio::task::spawn_blocking(move || {
+            let _lease = lease;
             ingest_layer(store.as_ref(), &layer, &diff_id, limits)
         })
         .await

@@ -4,9 +4,10 @@
 use serde::{Deserialize, Serialize};
 use shoal_protocol::manifest::{Manifest, ManifestKind};
 use shoal_protocol::recipe::{self, EntryKind};
-use shoal_protocol::{Digest, RepoName};
+use shoal_protocol::{Digest, Reference, RepoName};
 
 use crate::config::NodeConfig;
+use crate::store::images::ImageKey;
 use crate::store::{PieceReadError, Store, StoreError, read_piece};
 
 /// The wire form of `shoal inspect --json`.
@@ -87,14 +88,15 @@ pub enum InspectError {
     Piece(#[from] PieceReadError),
 }
 
-/// An image reference: registry host (if named), repository, and digest or tag.
-type ImageRef = (Option<String>, RepoName, Result<Digest, String>);
+/// An image reference: registry host (if named), repository, and tag or digest.
+pub type ImageRef = (Option<String>, RepoName, Reference);
 
 /// A stored blob's bytes and media type.
 type StoredBlob = (Vec<u8>, Option<String>);
 
-/// `[registry/]repo[:tag|@digest]` → (registry host or None, repo, tag or digest).
-fn parse_image(image: &str) -> Result<ImageRef, InspectError> {
+/// `[registry/]repo[:tag|@digest]` → (registry host or None, repo, tag or digest). A
+/// missing tag means `latest`.
+pub fn parse_image(image: &str) -> Result<ImageRef, InspectError> {
     let bad = || InspectError::BadReference(image.chars().take(200).collect());
     let (rest, digest) = match image.split_once('@') {
         Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|_| bad())?)),
@@ -109,11 +111,42 @@ fn parse_image(image: &str) -> Result<ImageRef, InspectError> {
         _ => (None, rest),
     };
     let (path, tag) = match path.rsplit_once(':') {
-        Some((p, t)) if !t.contains('/') => (p, t.to_owned()),
-        _ => (path, "latest".to_owned()),
+        Some((p, t)) if !t.contains('/') => (p, t),
+        _ => (path, "latest"),
     };
     let repo = RepoName::parse(path).map_err(|_| bad())?;
-    Ok((host, repo, digest.ok_or(tag)))
+    let reference = match digest {
+        Some(d) => Reference::Digest(d),
+        None => Reference::parse(tag).map_err(|_| bad())?,
+    };
+    Ok((host, repo, reference))
+}
+
+/// The image `image` names, as the node holds it: its upstream and repository, and
+/// the manifest digest (a tag is looked up in what the node last resolved).
+pub fn resolve(
+    store: &dyn Store,
+    config: &NodeConfig,
+    image: &str,
+) -> Result<ImageKey, InspectError> {
+    let (host, repo, reference) = parse_image(image)?;
+    let upstream = config
+        .upstream(host.as_deref())
+        .map_err(|e| InspectError::BadReference(format!("{image}: {e:#}")))?;
+    let digest = match reference {
+        Reference::Digest(d) => d,
+        Reference::Tag(tag) => {
+            store
+                .tag(&upstream.host, &repo, &tag)?
+                .ok_or_else(|| InspectError::Unknown(image.to_owned()))?
+                .digest
+        }
+    };
+    Ok(ImageKey {
+        upstream: upstream.host,
+        repo,
+        digest,
+    })
 }
 
 fn read_blob(store: &dyn Store, digest: &Digest) -> Result<Option<StoredBlob>, InspectError> {
@@ -133,19 +166,7 @@ pub fn inspect(
     config: &NodeConfig,
     image: &str,
 ) -> Result<ImageReport, InspectError> {
-    let (host, repo, reference) = parse_image(image)?;
-    let upstream = config
-        .upstream(host.as_deref())
-        .map_err(|e| InspectError::BadReference(format!("{image}: {e:#}")))?;
-    let digest = match reference {
-        Ok(d) => d,
-        Err(tag) => {
-            store
-                .tag(&upstream.host, &repo, &tag)?
-                .ok_or_else(|| InspectError::Unknown(image.to_owned()))?
-                .digest
-        }
-    };
+    let digest = resolve(store, config, image)?.digest;
     let (bytes, media_type) =
         read_blob(store, &digest)?.ok_or_else(|| InspectError::Unknown(image.to_owned()))?;
     let manifest =
@@ -247,16 +268,16 @@ mod tests {
         let (h, r, t) = parse_image("127.0.0.1:5000/app/x:v1").unwrap();
         assert_eq!(
             (h.as_deref(), r.as_str(), t),
-            (Some("127.0.0.1:5000"), "app/x", Err("v1".to_owned()))
+            (Some("127.0.0.1:5000"), "app/x", Reference::Tag("v1".into()))
         );
         let (h, r, t) = parse_image("library/debian").unwrap();
         assert_eq!(
             (h, r.as_str(), t),
-            (None, "library/debian", Err("latest".to_owned()))
+            (None, "library/debian", Reference::Tag("latest".into()))
         );
         let d = Digest::of(b"m");
         let (_, _, t) = parse_image(&format!("docker.io/app@{d}")).unwrap();
-        assert_eq!(t, Ok(d));
+        assert_eq!(t, Reference::Digest(d));
         assert!(parse_image("Bad Name").is_err());
         assert!(parse_image("app@sha256:zz").is_err());
     }

@@ -5,12 +5,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shoal_protocol::manifest::{MANIFEST_TYPES, Manifest, ManifestError};
+use shoal_protocol::manifest::{MANIFEST_TYPES, Manifest, ManifestError, ManifestKind};
 use shoal_protocol::{Digest, Reference};
 
 use crate::blobs::Source;
+use crate::gc::leases::Leases;
 use crate::origin::{Origin, OriginError};
 use crate::stats::Stats;
+use crate::store::images::ImageKey;
 use crate::store::{PieceReadError, Store, StoreError, TagRecord, read_piece, unix_now};
 
 /// A manifest ready to serve.
@@ -22,6 +24,8 @@ pub struct ServedManifest {
     pub bytes: Bytes,
     /// The media type to serve it as.
     pub media_type: String,
+    /// What it points at.
+    pub manifest: Manifest,
 }
 
 /// Why a manifest could not be served.
@@ -70,20 +74,31 @@ pub struct Manifests {
     store: Arc<dyn Store>,
     origin: Arc<Origin>,
     stats: Arc<Stats>,
+    leases: Arc<Leases>,
 }
 
 impl Manifests {
-    /// The service over `store`, fetching from `origin`.
-    pub fn new(store: Arc<dyn Store>, origin: Arc<Origin>, stats: Arc<Stats>) -> Self {
+    /// The service over `store`, fetching from `origin`; reads of stored manifests
+    /// hold a lease from `leases`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        origin: Arc<Origin>,
+        stats: Arc<Stats>,
+        leases: Arc<Leases>,
+    ) -> Self {
         Manifests {
             store,
             origin,
             stats,
+            leases,
         }
     }
 
     /// The manifest `reference` names in `source`. Tags are always resolved at the
-    /// origin (they move); digests are served from the store when held.
+    /// origin (they move); digests are served from the store when held. Either way
+    /// the image record of (`source`, digest) is created or marked used now, before
+    /// the manifest is returned, so that GC sees the image in use before the client
+    /// asks for its blobs.
     pub async fn get(
         &self,
         source: &Source,
@@ -91,7 +106,7 @@ impl Manifests {
         accept: Option<&str>,
     ) -> Result<ServedManifest, ManifestFetchError> {
         if let Reference::Digest(d) = reference {
-            if let Some(held) = self.stored(*d).await? {
+            if let Some(held) = self.stored(source, *d).await? {
                 return Ok(held);
             }
         }
@@ -129,8 +144,10 @@ impl Manifests {
         let served = ServedManifest {
             digest: actual,
             bytes: fetched.bytes,
-            media_type: manifest.media_type,
+            media_type: manifest.media_type.clone(),
+            manifest,
         };
+        let image = image_key(source, actual);
         let (store, keep) = (Arc::clone(&self.store), served.clone());
         let (repo, tag) = (
             source.repo.clone(),
@@ -141,6 +158,9 @@ impl Manifests {
         );
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             store.put_blob(&keep.digest, &keep.bytes, Some(&keep.media_type))?;
+            // The image record before the tag: GC removes an image's tags with it, so
+            // a tag never points at an image without a record.
+            store.touch_image(&image, &keep.media_type, &refs(&keep.manifest), unix_now())?;
             if let Some(tag) = tag {
                 let record = TagRecord {
                     digest: keep.digest,
@@ -156,10 +176,17 @@ impl Manifests {
         Ok(served)
     }
 
-    /// The manifest `digest` from the store, if held as a manifest.
-    async fn stored(&self, digest: Digest) -> Result<Option<ServedManifest>, ManifestFetchError> {
+    /// The manifest `digest` from the store, if held as a manifest, marked used.
+    async fn stored(
+        &self,
+        source: &Source,
+        digest: Digest,
+    ) -> Result<Option<ServedManifest>, ManifestFetchError> {
         let store = Arc::clone(&self.store);
+        let lease = self.leases.take(digest);
+        let image = image_key(source, digest);
         tokio::task::spawn_blocking(move || -> Result<_, ManifestFetchError> {
+            let _lease = lease;
             let Some(record) = store.blob(&digest)? else {
                 return Ok(None);
             };
@@ -178,14 +205,40 @@ impl Manifests {
                     }
                 }
             }
+            // It was checked when it was kept; one that no longer parses (a newer
+            // shoal's record?) is fetched again.
+            let Ok(manifest) = Manifest::parse(&bytes, Some(&media_type)) else {
+                return Ok(None);
+            };
+            store.touch_image(&image, &media_type, &refs(&manifest), unix_now())?;
             Ok(Some(ServedManifest {
                 digest,
                 bytes: bytes.into(),
                 media_type,
+                manifest,
             }))
         })
         .await
         .map_err(|e| ManifestFetchError::Internal(e.to_string()))?
+    }
+}
+
+/// The image record's key for manifest `digest` served through `source`.
+fn image_key(source: &Source, digest: Digest) -> ImageKey {
+    ImageKey {
+        upstream: source.upstream.host.clone(),
+        repo: source.repo.clone(),
+        digest,
+    }
+}
+
+/// What a manifest points at, for its image record.
+pub fn refs(manifest: &Manifest) -> Vec<Digest> {
+    match &manifest.kind {
+        ManifestKind::Image { config, layers } => std::iter::once(config.digest)
+            .chain(layers.iter().map(|l| l.digest))
+            .collect(),
+        ManifestKind::Index { manifests } => manifests.iter().map(|m| m.digest).collect(),
     }
 }
 

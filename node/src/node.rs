@@ -6,6 +6,8 @@ use anyhow::Context;
 
 use crate::blobs::Blobs;
 use crate::config::NodeConfig;
+use crate::gc::Gc;
+use crate::gc::leases::Leases;
 use crate::ingest::Ingest;
 use crate::manifests::Manifests;
 use crate::metrics::RequestMetrics;
@@ -31,6 +33,8 @@ pub struct Node {
     pub stats: Arc<Stats>,
     /// Layer ingest (recipes).
     pub ingest: Arc<Ingest>,
+    /// Garbage collection.
+    pub gc: Arc<Gc>,
     /// Request latencies for `/metrics`.
     pub requests: RequestMetrics,
 }
@@ -47,6 +51,7 @@ impl Node {
             store.discard_partial_recipe(&layer)?;
         }
         let origin = Arc::new(Origin::new(config.origin.clone()));
+        let leases = Leases::new();
         let (completed_tx, completed_rx) = tokio::sync::mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let blobs = Arc::new(Blobs::new(
@@ -56,6 +61,7 @@ impl Node {
             config.max_blob_size,
             config.origin.stall_timeout,
             Some(completed_tx),
+            Arc::clone(&leases),
         ));
         let ingest = Ingest::start(
             Arc::clone(&store),
@@ -64,7 +70,18 @@ impl Node {
             config.ingest,
             completed_rx,
         );
-        let manifests = Manifests::new(Arc::clone(&store), Arc::clone(&origin), Arc::clone(&stats));
+        let manifests = Manifests::new(
+            Arc::clone(&store),
+            Arc::clone(&origin),
+            Arc::clone(&stats),
+            Arc::clone(&leases),
+        );
+        let gc = Gc::new(
+            Arc::clone(&store),
+            leases,
+            config.gc.clone(),
+            Arc::clone(&stats),
+        );
         Ok(Arc::new(Node {
             config,
             store,
@@ -73,6 +90,7 @@ impl Node {
             manifests,
             stats,
             ingest,
+            gc,
             requests: RequestMetrics::default(),
         }))
     }
@@ -100,6 +118,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             format!("cannot listen on {listen} (is another node running? use --listen)")
         })?;
     let bound = listener.local_addr()?;
+    node.gc.spawn_scheduler();
     if !bound.ip().is_loopback() {
         tracing::warn!(
             "the mirror listens on {bound}, which is not loopback: any host that reaches it can pull through this node"
@@ -112,6 +131,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         blobs = totals.blobs,
         blob_bytes = totals.blob_bytes,
         partial_blobs = totals.partial_blobs,
+        gc_budget = ?node.config.gc.budget,
         "shoal node ready"
     );
     axum::serve(listener, crate::mirror::router(node))

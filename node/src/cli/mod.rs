@@ -3,6 +3,9 @@
 
 mod configure;
 mod fsck;
+mod ops;
+mod progress;
+mod remote;
 
 use std::process::ExitCode;
 
@@ -31,7 +34,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// The node's mirror URL.
-        #[arg(long, default_value = "http://127.0.0.1:5050")]
+        #[arg(long, default_value = remote::DEFAULT_NODE)]
         node: String,
     },
     /// Show what the node holds of an image: per layer, files, chunks, and content
@@ -43,7 +46,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// The node's mirror URL.
-        #[arg(long, default_value = "http://127.0.0.1:5050")]
+        #[arg(long, default_value = remote::DEFAULT_NODE)]
         node: String,
     },
     /// Check every stored piece and content chunk against its hash and the store's
@@ -52,6 +55,19 @@ enum Command {
     Fsck(fsck::FsckArgs),
     /// Print the configuration that points an engine at this node.
     Configure(configure::ConfigureArgs),
+    /// Fetch an image into the node's store (as an engine's pull through it would),
+    /// with progress.
+    Pull(ops::PullArgs),
+    /// List the images the node holds: size, bytes shared with other images, last
+    /// use, pins.
+    Images(ops::ImagesArgs),
+    /// Collect garbage now by the node's policy (budget, max age, versions kept);
+    /// --dry-run says what would go and what it would free.
+    Gc(ops::GcArgs),
+    /// Remove one image and whatever only it uses. Refuses pinned or in-use images.
+    Rm(ops::RmArgs),
+    /// Pin an image so that GC never removes it (or --remove the pin).
+    Pin(ops::PinArgs),
 }
 
 /// Runs the command `cli` names.
@@ -95,6 +111,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             configure::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pull(args) => ops::pull(&args),
+        Command::Images(args) => ops::images(&args),
+        Command::Gc(args) => ops::gc(&args),
+        Command::Rm(args) => ops::rm(&args),
+        Command::Pin(args) => ops::pin(&args),
     }
 }
 
@@ -119,46 +140,13 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn fetch_stats(node: &str) -> anyhow::Result<StatsSnapshot> {
-    let url = format!("{}/_shoal/stats", node.trim_end_matches('/'));
-    let response = http_client()?.get(&url).send().await.with_context(|| {
-        format!("cannot reach the node at {node} (is `shoal node` running? use --node URL)")
-    })?;
-    if !response.status().is_success() {
-        anyhow::bail!(
-            "the node at {node} answered {} for {url}",
-            response.status()
-        );
-    }
-    response
-        .json()
-        .await
-        .with_context(|| format!("{url} did not answer with shoal stats"))
+    let url = remote::url(node, "/_shoal/stats", &[])?;
+    remote::json(node, remote::client()?.get(url)).await
 }
 
 async fn fetch_inspect(node: &str, image: &str) -> anyhow::Result<ImageReport> {
-    let mut url = url::Url::parse(&format!("{}/_shoal/inspect", node.trim_end_matches('/')))
-        .with_context(|| format!("--node {node:?} is not a URL"))?;
-    url.query_pairs_mut().append_pair("image", image);
-    let response = http_client()?
-        .get(url.clone())
-        .send()
-        .await
-        .with_context(|| {
-            format!("cannot reach the node at {node} (is `shoal node` running? use --node URL)")
-        })?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        let message = body["errors"][0]["message"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        anyhow::bail!("the node answered {status}: {message}");
-    }
-    response
-        .json()
-        .await
-        .with_context(|| format!("{url} did not answer with an inspect report"))
+    let url = remote::url(node, "/_shoal/inspect", &[("image", image)])?;
+    remote::json(node, remote::client()?.get(url)).await
 }
 
 fn print_inspect(r: &ImageReport) {
@@ -200,13 +188,6 @@ fn print_inspect(r: &ImageReport) {
             );
         }
     }
-}
-
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(60))
-        .build()?)
 }
 
 fn print_stats(s: &StatsSnapshot) {

@@ -156,19 +156,8 @@ pub struct FsckReport {
     pub problems: Vec<Problem>,
 }
 
-/// One line of the newline-delimited JSON that `POST /_shoal/fsck` answers with:
-/// `{"progress":{..}}` lines while the check runs, then one `{"report":{..}}`, or one
-/// `{"error":".."}` if it could not finish.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FsckLine {
-    /// How far the check is.
-    Progress(Progress),
-    /// The check finished.
-    Report(Box<FsckReport>),
-    /// The check failed.
-    Error(String),
-}
+/// One line of `POST /_shoal/fsck`'s answer (see [`crate::jobs`]).
+pub type FsckLine = crate::jobs::JobLine<Progress, FsckReport>;
 
 /// What the scan learnt of one piece or chunk.
 #[derive(Clone, Copy, Debug, Default)]

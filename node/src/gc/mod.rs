@@ -64,12 +64,12 @@ pub struct GcProgress {
 }
 
 /// What a run did.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcReport {
     /// Whether it only planned.
     pub dry_run: bool,
     /// What it planned (for a dry run, what a run would do now).
-    pub plan: serde_json::Value,
+    pub plan: Plan,
     /// Images removed.
     pub images_removed: u64,
     /// Images the plan chose that were used or pinned meanwhile, and kept.
@@ -233,7 +233,7 @@ impl Gc {
         let plan = self.plan(request)?;
         let mut report = GcReport {
             dry_run,
-            plan: serde_json::to_value(&plan).unwrap_or_default(),
+            plan: plan.clone(),
             usage_before,
             budget: plan.budget,
             ..GcReport::default()
@@ -267,10 +267,10 @@ impl Gc {
             Ok(())
         };
 
-        for image in &plan.images {
-            if self.store.remove_image(&image.key, Some(image.last_used))? {
+        for (key, image) in plan.keys.iter().zip(&plan.images) {
+            if self.store.remove_image(key, Some(image.last_used))? {
                 report.images_removed += 1;
-                tracing::info!(image = %image.key, reason = ?image.reason, "gc removed an image");
+                tracing::info!(image = %key, reason = ?image.reason, "gc removed an image");
             } else {
                 report.images_kept.push(image.image.clone());
             }

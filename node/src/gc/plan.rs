@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shoal_protocol::recipe::ChunkId;
 use shoal_protocol::{Digest, PieceId};
 
@@ -111,7 +111,7 @@ pub enum Request {
 }
 
 /// Why an image goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// More recent versions of its repository fill `keep_versions`.
@@ -126,8 +126,20 @@ pub enum Reason {
     WithIndex,
 }
 
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reason::Versions => "beyond keep_versions",
+            Reason::Age => "older than max_age",
+            Reason::Budget => "least recently used, over budget",
+            Reason::Requested => "asked for",
+            Reason::WithIndex => "with its index",
+        })
+    }
+}
+
 /// An image that goes.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedImage {
     /// Which image (`upstream/repo@digest`).
     pub image: String,
@@ -140,16 +152,16 @@ pub struct PlannedImage {
     pub last_used: u64,
     /// Bytes of blobs it reaches (its size as engines see it).
     pub size: u64,
-    /// The key, for the removal.
-    #[serde(skip)]
-    pub key: ImageKey,
 }
 
 /// The collector's decision.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// Images that go, top-level ones first.
     pub images: Vec<PlannedImage>,
+    /// Their keys, in the same order (for the removal; not part of the report).
+    #[serde(skip)]
+    pub keys: Vec<ImageKey>,
     /// Complete blobs no remaining image needs.
     pub blobs: Vec<Digest>,
     /// Partial blobs no remaining image needs.
@@ -499,24 +511,26 @@ pub fn plan(
         } else {
             model.blobs.get(&key.digest).map_or(0, |b| b.size)
         },
-        key: key.clone(),
     };
-    let mut under = Vec::new();
+    let mut under: Vec<&ImageKey> = Vec::new();
     for &(top, reason) in &tops {
         plan.images.push(describe(top, reason));
+        plan.keys.push(top.clone());
         for &child in graph.reach[top].0.iter().skip(1) {
-            if !reached.contains_key(&child.digest) {
-                under.push(describe(child, Reason::WithIndex));
+            if !reached.contains_key(&child.digest) && !under.contains(&child) {
+                under.push(child);
             }
         }
     }
-    under.dedup_by(|a, b| a.key == b.key);
-    plan.images.extend(under);
+    for child in under {
+        plan.images.push(describe(child, Reason::WithIndex));
+        plan.keys.push(child.clone());
+    }
     Ok(plan)
 }
 
 /// An image as `shoal images` lists it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageListing {
     /// `upstream/repo@digest`.
     pub image: String,

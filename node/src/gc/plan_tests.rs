@@ -71,9 +71,10 @@ fn no_rules() -> Policy {
 }
 
 fn names(plan: &Plan) -> Vec<(Digest, Reason)> {
-    plan.images
+    plan.keys
         .iter()
-        .map(|i| (i.key.digest, i.reason))
+        .zip(&plan.images)
+        .map(|(k, i)| (k.digest, i.reason))
         .collect()
 }
 

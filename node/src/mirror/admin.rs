@@ -11,16 +11,15 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use shoal_protocol::Digest;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::MirrorError;
-use crate::fsck::{FsckError, FsckLine, Phase};
+use crate::fsck::{FsckError, FsckReport, Phase, Progress};
+use crate::jobs::JobSender;
 use crate::node::Node;
 
 pub(super) async fn stats(State(node): State<Arc<Node>>) -> Result<Response, MirrorError> {
@@ -126,32 +125,19 @@ impl Drop for FsckRunning {
 }
 
 /// `POST /_shoal/fsck`: runs [`crate::fsck::fsck`] on the blocking pool and answers
-/// with newline-delimited JSON ([`FsckLine`]) as it goes: a progress line at each phase
-/// and every 200 ms, then the report. One request is one run, and its answer is its
-/// progress: no job to poll or forget. A client that goes away cancels the check
-/// (until its repairs begin, which always finish); a slow one only misses progress
-/// lines. A second request while a check runs gets 409.
+/// with its progress and report as a job (see [`crate::jobs`]): a progress line at each
+/// phase and every 200 ms. A client that goes away cancels the check (until its repairs
+/// begin, which always finish); a slow one only misses progress lines. A second request
+/// while a check runs gets 409.
 pub(super) async fn fsck(State(node): State<Arc<Node>>) -> Response {
     if FSCK_RUNNING.swap(true, Ordering::AcqRel) {
-        let doc = serde_json::json!({"errors": [{
-            "code": "DENIED",
-            "message": "a check is already running on this node; wait for it to finish",
-        }]});
-        let mut r = axum::Json(doc).into_response();
-        *r.status_mut() = StatusCode::CONFLICT;
-        return r;
+        return super::ops::busy("a check is already running on this node; wait for it to finish");
     }
     let running = FsckRunning;
-    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    let (job, body) = JobSender::<Progress, FsckReport>::new();
     let store = Arc::clone(&node.store);
     tokio::task::spawn_blocking(move || {
         let _running = running;
-        let line = |l: &FsckLine| {
-            // Plain structs of numbers and strings: serialising them cannot fail.
-            let mut v = serde_json::to_vec(l).unwrap_or_default();
-            v.push(b'\n');
-            Bytes::from(v)
-        };
         tracing::info!("fsck started");
         let mut last: Option<(Instant, Phase)> = None;
         let result = crate::fsck::fsck(store.as_ref(), &mut |p| {
@@ -161,12 +147,9 @@ pub(super) async fn fsck(State(node): State<Arc<Node>>) -> Response {
                 return ControlFlow::Continue(());
             }
             last = Some((Instant::now(), p.phase));
-            match tx.try_send(line(&FsckLine::Progress(*p))) {
-                Err(TrySendError::Closed(_)) => ControlFlow::Break(()),
-                Ok(()) | Err(TrySendError::Full(_)) => ControlFlow::Continue(()),
-            }
+            job.progress(*p)
         });
-        let last_line = match result {
+        let result = match result {
             Ok(report) => {
                 tracing::info!(
                     clean = report.clean,
@@ -180,7 +163,7 @@ pub(super) async fn fsck(State(node): State<Arc<Node>>) -> Response {
                     problems = report.problems.len(),
                     "fsck finished"
                 );
-                FsckLine::Report(Box::new(report))
+                Ok(report)
             }
             Err(FsckError::Cancelled) => {
                 tracing::info!("fsck cancelled: the client went away");
@@ -188,18 +171,10 @@ pub(super) async fn fsck(State(node): State<Arc<Node>>) -> Response {
             }
             Err(e) => {
                 tracing::error!("fsck failed: {e}");
-                FsckLine::Error(e.to_string())
+                Err(e.to_string())
             }
         };
-        // The client may be gone; the log has the outcome then.
-        let _ = tx.blocking_send(line(&last_line));
+        job.finish_blocking(result);
     });
-    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .map(Ok::<_, std::convert::Infallible>);
-    let mut r = Response::new(Body::from_stream(body));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    r
+    super::ops::ndjson(body)
 }

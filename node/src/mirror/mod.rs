@@ -10,6 +10,7 @@
 
 mod admin;
 mod error;
+mod ops;
 
 use std::sync::Arc;
 
@@ -39,6 +40,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/_shoal/inspect", get(admin::inspect))
         .route("/_shoal/layers/{digest}/tar", get(admin::layer_tar))
         .route("/_shoal/fsck", axum::routing::post(admin::fsck))
+        .route("/_shoal/images", get(ops::images))
+        .route("/_shoal/gc", axum::routing::post(ops::gc))
+        .route("/_shoal/rm", axum::routing::post(ops::rm))
+        .route(
+            "/_shoal/pins",
+            axum::routing::post(ops::pin).delete(ops::pin),
+        )
+        .route("/_shoal/pull", axum::routing::post(ops::pull))
         .route("/metrics", get(crate::metrics::serve))
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
@@ -177,11 +186,8 @@ async fn manifest(
         .collect::<Vec<_>>()
         .join(", ");
     let m = node.manifests.get(source, reference, Some(&accept)).await?;
-    // Served manifests were parsed before they were kept; parsing again is cheap and
-    // tells the ingest which blobs are layers.
-    if let Ok(parsed) = shoal_protocol::manifest::Manifest::parse(&m.bytes, Some(&m.media_type)) {
-        node.ingest.image_seen(source, &parsed);
-    }
+    // The manifest tells the ingest which blobs are layers.
+    node.ingest.image_seen(source, &m.manifest);
     let len = m.bytes.len();
     let mut r = if head {
         Response::new(Body::empty())

@@ -135,6 +135,9 @@ pub trait ImageStore {
     fn tags(&self) -> Result<Vec<TagEntry>, StoreError>;
 }
 
+/// What [`ContentStore::scan_table`] calls with each key and value.
+type RowVisit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
 fn pin_key(key: &ImageKey, name: &str) -> Vec<u8> {
     let mut out = key.encode();
     out.push(0);
@@ -144,11 +147,7 @@ fn pin_key(key: &ImageKey, name: &str) -> Vec<u8> {
 
 impl<E: Engine> ContentStore<E> {
     /// Calls `f` with every key and value of `table`, from one snapshot.
-    fn scan_table(
-        &self,
-        table: Table,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn scan_table(&self, table: Table, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
         self.engine().with_snapshot(&mut |snapshot| {
             let mut failed = None;
             snapshot.scan(table, &mut |k, v| match f(k, v) {
