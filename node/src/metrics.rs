@@ -50,7 +50,13 @@ pub async fn serve(State(node): State<Arc<Node>>) -> Result<Response, MirrorErro
         .await
         .map_err(MirrorError::internal)?
         .map_err(MirrorError::internal)?;
-    let text = render(&node.stats, &totals, node.ingest.pending(), &node.requests);
+    let text = render(
+        &node.stats,
+        &totals,
+        node.ingest.pending(),
+        node.config.gc.budget,
+        &node.requests,
+    );
     let mut r = Response::new(Body::from(text));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
@@ -79,10 +85,11 @@ pub fn render(
     stats: &Stats,
     totals: &Totals,
     ingest_pending: u64,
+    gc_budget: Option<u64>,
     requests: &RequestMetrics,
 ) -> String {
     let mut e = Exposition::default();
-    let counters: [(&str, &AtomicU64, &str); 10] = [
+    let counters: [(&str, &AtomicU64, &str); 13] = [
         (
             "shoal_origin_bytes_total",
             &stats.bytes_from_origin,
@@ -133,6 +140,21 @@ pub fn render(
             &stats.ingest_failures,
             "Layers that could not be given a recipe (the log says why); they are still served.",
         ),
+        (
+            "shoal_gc_runs_total",
+            &stats.gc_runs,
+            "Garbage collections run (scheduled, over budget, shoal gc, shoal rm).",
+        ),
+        (
+            "shoal_gc_freed_bytes_total",
+            &stats.gc_bytes_freed,
+            "Store bytes (pieces and chunks) garbage collection freed.",
+        ),
+        (
+            "shoal_gc_images_removed_total",
+            &stats.gc_images_removed,
+            "Images garbage collection removed.",
+        ),
     ];
     for (name, counter, help) in counters {
         e.family(name, Kind::Counter, help);
@@ -140,7 +162,12 @@ pub fn render(
     }
     // Peer counters (bytes and pieces from and to peers) go here with p2p/.
 
-    let gauges: [(&str, u64, &str); 11] = [
+    let gauges: [(&str, u64, &str); 12] = [
+        (
+            "shoal_store_bytes",
+            totals.piece_bytes + totals.chunk_bytes,
+            "Bytes the store holds (pieces plus content chunks): what the GC budget limits.",
+        ),
         (
             "shoal_store_blobs",
             totals.blobs,
@@ -201,7 +228,11 @@ pub fn render(
         e.family(name, Kind::Gauge, help);
         e.sample(name, &[], value);
     }
-    // GC gauges and counters (runs, bytes reclaimed, last run) go here with gc/.
+    if let Some(budget) = gc_budget {
+        let name = "shoal_gc_budget_bytes";
+        e.family(name, Kind::Gauge, "The store's GC budget, when one is set.");
+        e.sample(name, &[], budget);
+    }
 
     let name = "shoal_request_duration_seconds";
     e.family(
@@ -578,7 +609,7 @@ mod tests {
         requests.observe(Route::Blob, "GET", "2xx", 0.002);
         requests.observe(Route::Blob, "GET", "2xx", 0.5);
         requests.observe(Route::Manifest, "HEAD", "4xx", 0.0001);
-        let text = render(&stats, &totals, 3, &requests);
+        let text = render(&stats, &totals, 3, Some(1 << 30), &requests);
 
         let mut typed: Vec<(String, String)> = Vec::new();
         let mut helped = Vec::new();

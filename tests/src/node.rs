@@ -151,6 +151,37 @@ impl Node {
         serde_json::from_slice(&out.stdout).context("shoal stats --json printed no JSON")
     }
 
+    /// `shoal ARGS --node URL` against this node, whatever its exit status.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        crate::process::run_unchecked(
+            Command::new(shoal_binary()?)
+                .args(args)
+                .args(["--node", &self.url()]),
+            Duration::from_secs(300),
+        )
+    }
+
+    /// `shoal ARGS --json --node URL`, which must succeed: what it printed.
+    pub fn cli_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "shoal {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "shoal {} printed no JSON: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
     /// One counter from [`Node::stats`].
     pub fn stat(&self, name: &str) -> anyhow::Result<u64> {
         self.stats()?[name]

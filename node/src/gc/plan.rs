@@ -419,7 +419,11 @@ pub fn plan(
             }
             if let Some(keep) = policy.keep_versions {
                 for tops in by_repo.values_mut() {
-                    tops.sort_by_key(|t| std::cmp::Reverse(graph.last_used(t)));
+                    // Most recently used first; of two used in the same second, the
+                    // one first seen later is the newer version.
+                    tops.sort_by_key(|t| {
+                        std::cmp::Reverse((graph.last_used(t), graph.index[*t].first_seen))
+                    });
                     for &top in tops.iter().skip(keep) {
                         if !protected(top) {
                             going.insert(top, Reason::Versions);
