@@ -7,6 +7,7 @@
 pub mod blobs;
 pub mod cli;
 pub mod config;
+pub mod flatten;
 pub mod fsck;
 pub mod gc;
 pub mod ingest;
