@@ -106,6 +106,17 @@ impl Containerd {
         cmd
     }
 
+    /// A shell function named `ctr` that drives this containerd (for README steps);
+    /// `ctr images pull` unpacks with the native snapshotter.
+    pub fn shell_function(&self) -> String {
+        format!(
+            "ctr() {{ if [ \"$1 $2\" = 'images pull' ]; then shift 2; set -- images pull --snapshotter native \"$@\"; fi; \
+             env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u all_proxy -u ALL_PROXY -u no_proxy -u NO_PROXY \
+             ctr --address '{}' --namespace {CTR_NAMESPACE} \"$@\"; }}",
+            self.socket.display()
+        )
+    }
+
     /// `ctr images pull --hosts-dir HOSTS_DIR --snapshotter native IMAGE` (the plain-http
     /// choice comes from hosts.toml, which names the node as `http://...`).
     pub fn pull(&self, hosts_dir: &Path, image: &str) -> anyhow::Result<()> {

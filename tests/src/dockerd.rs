@@ -356,6 +356,16 @@ impl Dockerd {
         cmd
     }
 
+    /// A shell function named `docker` that drives this daemon (for README steps).
+    pub fn shell_function(&self) -> String {
+        format!(
+            "docker() {{ env -u DOCKER_HOST -u DOCKER_CONTEXT -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY DOCKER_CONFIG='{}' '{}' -H 'unix://{}' \"$@\"; }}",
+            self.dir.join("cli-config").display(),
+            docker_cli().display(),
+            self.socket.display()
+        )
+    }
+
     /// `docker pull IMAGE`.
     pub fn pull(&self, image: &str) -> anyhow::Result<String> {
         let out = run(

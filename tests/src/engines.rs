@@ -90,6 +90,16 @@ impl Podman {
         cmd
     }
 
+    /// A shell function named `podman` that runs this podman (for README steps).
+    pub fn shell_function(&self) -> String {
+        format!(
+            "podman() {{ CONTAINERS_REGISTRIES_CONF='{}' command podman --storage-driver=vfs --root '{}' --runroot '{}' \"$@\"; }}",
+            self.registries_conf.display(),
+            self.root.display(),
+            self.runroot.path().display()
+        )
+    }
+
     /// `podman pull IMAGE`.
     pub fn pull(&self, image: &str) -> anyhow::Result<()> {
         run(

@@ -14,6 +14,7 @@ pub mod image;
 pub mod node;
 pub mod process;
 pub mod proxy;
+pub mod readme;
 pub mod registry;
 pub mod tls;
 pub mod token_server;
