@@ -111,7 +111,10 @@ fn podman_pulls_with(s: &Setup, conf: &Path, steps: &Steps) -> anyhow::Result<()
         s.manifest,
         "podman holds the origin's manifest"
     );
-    assert!(s.manifests_served()? > before, "the pull went through the node");
+    assert!(
+        s.manifests_served()? > before,
+        "the pull went through the node"
+    );
     Ok(())
 }
 
@@ -125,8 +128,7 @@ fn readme_podman_steps_pull_through_the_node() -> anyhow::Result<()> {
 }
 
 #[test]
-fn readme_crio_steps_write_a_registries_conf_that_pulls_through_the_node() -> anyhow::Result<()>
-{
+fn readme_crio_steps_write_a_registries_conf_that_pulls_through_the_node() -> anyhow::Result<()> {
     let s = Setup::start("127.0.0.1")?;
     let steps = s.steps()?;
     steps.run("crio-configure")?;
@@ -135,7 +137,10 @@ fn readme_crio_steps_write_a_registries_conf_that_pulls_through_the_node() -> an
     let conf = s.root().join("etc/containers/registries.conf");
     podman_pulls_with(&s, &conf, &steps)?;
     let pull = steps.script("crio-pull")?;
-    assert!(pull.contains(&format!("crictl pull {}/app:v1", s.alias)), "{pull}");
+    assert!(
+        pull.contains(&format!("crictl pull {}/app:v1", s.alias)),
+        "{pull}"
+    );
     Ok(())
 }
 
@@ -156,7 +161,10 @@ fn readme_containerd_steps_pull_through_the_node() -> anyhow::Result<()> {
         containerd.image_digest(&format!("{}/app:v1", s.alias))?,
         s.manifest
     );
-    assert!(s.manifests_served()? > before, "the pull went through the node");
+    assert!(
+        s.manifests_served()? > before,
+        "the pull went through the node"
+    );
     Ok(())
 }
 
@@ -180,6 +188,9 @@ fn readme_docker_steps_pull_hub_images_through_the_node() -> anyhow::Result<()> 
         dockerd.repo_digests("team/app:v1", "team/app")?,
         vec![origin_digest(&s.registry, "team/app")?]
     );
-    assert!(s.manifests_served()? > before, "the pull went through the node");
+    assert!(
+        s.manifests_served()? > before,
+        "the pull went through the node"
+    );
     Ok(())
 }
