@@ -134,7 +134,9 @@ impl Gc {
             policy,
             stats,
             running: AtomicBool::new(false),
-            last_full_run: Mutex::new(None),
+            // The first scheduled run comes one interval after start, not at start: a
+            // restart (after a crash, say) must not sweep what it is about to resume.
+            last_full_run: Mutex::new(Some(Instant::now())),
         })
     }
 
