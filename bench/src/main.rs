@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod gc;
 mod recipes;
 mod serve;
 
@@ -24,11 +25,15 @@ enum Command {
     /// Layer ingest (decompress, chunk, hash, store) on two versions of a real Debian
     /// root, beside gzip -d; recipe sizes; content reuse between the versions.
     Recipes(recipes::RecipesArgs),
+    /// Garbage collection: its time, the budget held after every pull, and the store's
+    /// size on disk beside what GC counts.
+    Gc(gc::GcArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(&args),
         Command::Recipes(args) => recipes::run(&args),
+        Command::Gc(args) => gc::run(&args),
     }
 }
