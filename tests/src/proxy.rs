@@ -84,6 +84,9 @@ impl Drop for Proxy {
     }
 }
 
+/// How far a throttled connection may run ahead of its rate after being idle.
+const MAX_BURST: Duration = Duration::from_millis(100);
+
 fn pipe(
     client: TcpStream,
     origin: TcpStream,
@@ -101,7 +104,7 @@ fn pipe(
     std::thread::spawn(move || {
         let (mut origin, mut client) = (origin, client);
         let mut buf = vec![0u8; 16 * 1024];
-        let start = Instant::now();
+        let mut start = Instant::now();
         let mut sent: u64 = 0;
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -127,8 +130,16 @@ fn pipe(
             sent += n as u64;
             if let Some(rate) = f.rate {
                 let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(start.elapsed()) {
-                    std::thread::sleep(wait);
+                match due.checked_sub(start.elapsed()) {
+                    Some(wait) => std::thread::sleep(wait),
+                    // Behind schedule by more than a short burst: the connection sat
+                    // idle (kept alive between requests). Start the schedule afresh,
+                    // or the idle time would let the next transfer through unthrottled.
+                    None if start.elapsed() > due + MAX_BURST => {
+                        start = Instant::now();
+                        sent = 0;
+                    }
+                    None => {}
                 }
             }
         }
