@@ -240,7 +240,8 @@ fn images_pin_rm_pull_and_dry_run_do_what_an_operator_expects() -> anyhow::Resul
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("may be being pulled"), "{stderr}");
-    std::thread::sleep(Duration::from_millis(5500));
+    // In-use is counted in whole seconds of last use: wait past the window for sure.
+    std::thread::sleep(Duration::from_millis(6500));
 
     // A pin stops rm too.
     m.node.cli_json(&["pin", &image(2), "--ttl", "1h"])?;

@@ -10,6 +10,7 @@ use shoal_protocol::{DigestError, ReferenceError};
 use crate::blobs::BlobError;
 use crate::manifests::ManifestFetchError;
 use crate::origin::OriginError;
+use crate::store::StoreError;
 
 /// An error answer to a client.
 #[derive(Debug)]
@@ -94,6 +95,15 @@ impl MirrorError {
         Self::new(status, "UNKNOWN", e.to_string())
     }
 
+    /// The store's disk is full: 503, so that engines retry later.
+    pub fn disk_full(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            format!("shoal node cannot store more: {e}"),
+        )
+    }
+
     /// A failure of the node itself.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::new(
@@ -160,6 +170,7 @@ impl From<BlobError> for MirrorError {
             BlobError::Overlong { .. } | BlobError::Interrupted { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string())
             }
+            BlobError::Store(StoreError::DiskFull { .. }) => Self::disk_full(e),
             BlobError::Store(_) | BlobError::Damaged(_) | BlobError::Internal(_) => {
                 Self::internal(e)
             }
@@ -177,6 +188,7 @@ impl From<ManifestFetchError> for MirrorError {
             ManifestFetchError::Invalid { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "MANIFEST_INVALID", e.to_string())
             }
+            ManifestFetchError::Store(StoreError::DiskFull { .. }) => Self::disk_full(e),
             ManifestFetchError::Store(_)
             | ManifestFetchError::Damaged(_)
             | ManifestFetchError::Internal(_) => Self::internal(e),

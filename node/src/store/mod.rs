@@ -26,6 +26,7 @@ pub mod images;
 pub mod memory;
 pub mod recipes;
 pub mod rocks;
+pub mod space;
 #[cfg(test)]
 mod suite;
 
@@ -99,6 +100,19 @@ pub enum StoreError {
     /// The database failed (I/O error, full disk, corruption RocksDB detected).
     #[error("store database error: {0}")]
     Db(String),
+    /// The store's filesystem is (nearly) full: the write was refused before RocksDB
+    /// could fail on it.
+    #[error(
+        "the store's disk is full: {free} bytes free on the filesystem of {path}, and {reserve} are kept in reserve; free space there, or set a smaller [gc] budget so that garbage collection keeps the store within it"
+    )]
+    DiskFull {
+        /// The store's directory.
+        path: String,
+        /// Bytes free.
+        free: u64,
+        /// Bytes kept free.
+        reserve: u64,
+    },
     /// The database is used by another process.
     #[error("store at {path} is in use by another shoal process (or was left locked): {detail}")]
     Locked {

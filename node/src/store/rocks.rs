@@ -17,9 +17,13 @@ use rocksdb::{
 
 use super::StoreError;
 use super::engine::{Batch, Engine, Snapshot, Table, Visit};
+use super::space::Space;
 
 /// Cap on write-ahead log files (see [`RocksEngine::open`]).
 const MAX_WAL_BYTES: u64 = 64 << 20;
+
+/// Memtable size of the content tables.
+const CONTENT_WRITE_BUFFER_BYTES: usize = 32 << 20;
 
 /// Size of BlobDB files holding pieces and chunks.
 const BLOB_FILE_BYTES: u64 = 64 << 20;
@@ -28,6 +32,7 @@ const BLOB_FILE_BYTES: u64 = 64 << 20;
 pub struct RocksEngine {
     db: Arc<DB>,
     sync_writes: bool,
+    space: Space,
 }
 
 impl RocksEngine {
@@ -60,6 +65,7 @@ impl RocksEngine {
         Ok(RocksEngine {
             db: Arc::new(db),
             sync_writes,
+            space: Space::new(dir)?,
         })
     }
 
@@ -79,6 +85,9 @@ fn table_options(table: Table) -> Options {
         // Blob files are deleted once no key refers to any value in them; smaller files
         // give space back sooner when GC removes images (default 256 MiB).
         o.set_blob_file_size(BLOB_FILE_BYTES);
+        // Content passes through memtables on its way to blob files: smaller buffers
+        // keep what a flush writes at once within the free-space reserve (space.rs).
+        o.set_write_buffer_size(CONTENT_WRITE_BUFFER_BYTES);
         o.set_blob_compression_type(rocksdb::DBCompressionType::None);
     }
     o
@@ -153,6 +162,12 @@ impl Engine for RocksEngine {
     }
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let (mut bytes, mut content) = (0u64, false);
+        for (table, key, value) in &batch.ops {
+            bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
+            content |= table.holds_content() && value.is_some();
+        }
+        self.space.check(bytes, content)?;
         let mut wb = WriteBatch::default();
         for (table, key, value) in &batch.ops {
             let cf = self.cf(*table)?;
