@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use crate::blobs::Blobs;
 use crate::config::NodeConfig;
+use crate::flatten::Flat;
 use crate::gc::Gc;
 use crate::gc::leases::Leases;
 use crate::ingest::Ingest;
@@ -37,6 +38,8 @@ pub struct Node {
     pub gc: Arc<Gc>,
     /// Request latencies for `/metrics`.
     pub requests: RequestMetrics,
+    /// Flat trees, exports and mounts (`data_dir/flat`).
+    pub flat: Flat,
 }
 
 impl Node {
@@ -50,6 +53,8 @@ impl Node {
         for layer in store.partial_recipes()? {
             store.discard_partial_recipe(&layer)?;
         }
+        let flat = Flat::open(&config.data_dir)
+            .context("cannot open the flat directory (flat trees, exports and mounts)")?;
         let origin = Arc::new(Origin::new(config.origin.clone()));
         let leases = Leases::new();
         let (completed_tx, completed_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -92,6 +97,7 @@ impl Node {
             ingest,
             gc,
             requests: RequestMetrics::default(),
+            flat,
         }))
     }
 
@@ -119,6 +125,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         })?;
     let bound = listener.local_addr()?;
     node.gc.spawn_scheduler();
+    spawn_flat_pruner(Arc::clone(&node));
     if !bound.ip().is_loopback() {
         tracing::warn!(
             "the mirror listens on {bound}, which is not loopback: any host that reaches it can pull through this node"
@@ -134,12 +141,32 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         gc_budget = ?node.config.gc.budget,
         "shoal node ready"
     );
-    axum::serve(listener, crate::mirror::router(node))
+    // The peer address lets the flat endpoints check who is asking (`mirror/peer.rs`).
+    let app =
+        crate::mirror::router(node).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the mirror server failed")?;
     tracing::info!("shoal node stopped");
     Ok(())
+}
+
+/// Prunes the flat directory (`flatten/prune.rs`) now and every hour: trees of images
+/// GC removed, and objects nothing links.
+fn spawn_flat_pruner(node: Arc<Node>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            let n = Arc::clone(&node);
+            match tokio::task::spawn_blocking(move || n.flat.prune(n.store.as_ref())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("cannot prune the flat directory: {e}"),
+                Err(e) => tracing::warn!("the flat prune died: {e}"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -124,6 +124,9 @@ pub struct Layout {
     index: Vec<serde_json::Value>,
     /// How the next images' layers are compressed.
     pub compression: LayerCompression,
+    /// The next images' runtime settings (the config's `config` object); `None`: a
+    /// PATH and `/bin/sh`.
+    pub runtime_config: Option<serde_json::Value>,
 }
 
 impl Layout {
@@ -135,6 +138,7 @@ impl Layout {
             dir: dir.to_owned(),
             index: Vec::new(),
             compression: LayerCompression::Gzip,
+            runtime_config: None,
         })
     }
 
@@ -196,7 +200,9 @@ impl Layout {
         let config = json!({
             "architecture": arch,
             "os": "linux",
-            "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
+            "config": self.runtime_config.clone().unwrap_or_else(
+                || json!({"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]})
+            ),
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
             "history": [{"created_by": "shoal test harness"}],
         });

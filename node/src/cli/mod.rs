@@ -2,6 +2,7 @@
 //! function per command.
 
 mod configure;
+mod flat;
 mod fsck;
 mod ops;
 mod progress;
@@ -68,6 +69,20 @@ enum Command {
     Rm(ops::RmArgs),
     /// Pin an image so that GC never removes it (or --remove the pin).
     Pin(ops::PinArgs),
+    /// Flatten an image's layers into one directory tree (whiteouts, hardlinks,
+    /// owners and xattrs applied), its files shared with the node's other trees.
+    Flatten(flat::FlattenArgs),
+    /// Mount an image as an overlay: its flat tree read-only below, a fresh upper dir
+    /// for this mount's writes. The image stays pinned until `shoal umount`.
+    Mount(flat::MountArgs),
+    /// Unmount a `shoal mount`, removing its writes and its pin.
+    Umount(flat::UmountArgs),
+    /// List the node's `shoal mount`s.
+    Mounts(flat::MountsArgs),
+    /// Write an image as an archive engines load (`podman load`, `ctr images import`,
+    /// `skopeo copy oci-archive:`); --flat makes it one layer, the same bytes on every
+    /// node.
+    Export(flat::ExportArgs),
 }
 
 /// Runs the command `cli` names.
@@ -116,6 +131,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gc(args) => ops::gc(&args),
         Command::Rm(args) => ops::rm(&args),
         Command::Pin(args) => ops::pin(&args),
+        Command::Flatten(args) => flat::flatten(&args),
+        Command::Mount(args) => flat::mount(&args),
+        Command::Umount(args) => flat::umount(&args),
+        Command::Mounts(args) => flat::mounts(&args),
+        Command::Export(args) => flat::export(&args),
     }
 }
 

@@ -19,7 +19,9 @@
 //! # Directories last
 //! Directories are built with mode 0700 and take their own modes and mtimes at the end,
 //! deepest first, after every child is written; a mode-000 directory is thus still
-//! writable while the tree is built, and no write disturbs an mtime already set.
+//! writable while the tree is built, and no write disturbs an mtime already set. A
+//! directory no entry describes (a missing parent) takes mode 0755 and mtime 0, so a
+//! tree depends only on its image, never on when it was built.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashSet};
@@ -48,11 +50,15 @@ use super::{FlattenLimits, FlattenReport};
 
 /// Mode of a directory no entry describes (one made as a missing parent).
 const IMPLICIT_DIR_MODE: u32 = 0o755;
+/// Mtime of such a directory: the epoch, not the time of the build, so that trees of
+/// one image are the same on every node (an export of them is the same bytes).
+const IMPLICIT_DIR_MTIME: Mtime = Mtime { secs: 0, nanos: 0 };
 
 /// What a directory takes at the end.
 #[derive(Clone, Copy, Debug)]
 struct DirFinal {
     mode: u32,
+    /// `None` for a directory no entry describes ([`IMPLICIT_DIR_MTIME`]).
     mtime: Option<Mtime>,
 }
 
@@ -190,9 +196,8 @@ impl<'a> Flattener<'a> {
             };
             fchmod(&fd, Mode::from_raw_mode(fin.mode))
                 .map_err(|e| io("set the mode of", e.into()))?;
-            if let Some(mtime) = fin.mtime {
-                futimens(&fd, &mtime.timestamps()).map_err(|e| io("set the mtime of", e.into()))?;
-            }
+            let mtime = fin.mtime.unwrap_or(IMPLICIT_DIR_MTIME);
+            futimens(&fd, &mtime.timestamps()).map_err(|e| io("set the mtime of", e.into()))?;
         }
         Ok(self.report)
     }

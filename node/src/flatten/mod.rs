@@ -26,6 +26,15 @@
 //! Root (or equivalent capabilities): owners are set as the image says, devices are
 //! made with `mknod`, and `security.*` xattrs are written. `/proc` must be mounted
 //! (xattrs on symlinks and devices are set through `/proc/self/fd`).
+//!
+//! # Layout of the module
+//! The core knows nothing of the store: [`flatten`] (`apply.rs`, `stream.rs`,
+//! `tree.rs`, `objects.rs`, `meta.rs`, `path.rs`) builds a tree from tar streams, and
+//! `export.rs` and `archive.rs` write a tree back as a deterministic layer and a
+//! single-layer OCI archive (headers by `ustar.rs`). The node's side reads images from
+//! the store (`source.rs`), keeps trees, exports and objects under `data_dir/flat/`
+//! (`service.rs`), prunes what GC let go (`prune.rs`), and mounts trees as overlay
+//! lower dirs (`mounts.rs`); `wire.rs` holds what goes between node and CLI.
 
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -38,22 +47,34 @@ use rustix::fs::{Mode, OFlags, RenameFlags, fstat, mkdirat, openat, renameat_wit
 use rustix::io::Errno;
 
 mod apply;
+pub mod archive;
 mod error;
+pub mod export;
 mod meta;
+pub mod mounts;
 mod objects;
 mod path;
+mod prune;
+pub mod service;
+pub mod source;
 mod stream;
 mod tree;
+mod ustar;
+pub mod wire;
 
 #[cfg(test)]
 mod testkit;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_export;
+#[cfg(test)]
 mod tests_hostile;
 
 pub use error::{FlattenError, Problem};
+pub use export::{ExportError, TarStats};
 pub use objects::Objects;
+pub use service::{Flat, FlatError, Reporter};
 
 use apply::Flattener;
 use tree::{BUILD_DIR_MODE, open_child_dir, remove_tree};

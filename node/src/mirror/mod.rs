@@ -2,7 +2,8 @@
 //!
 //! Routes: `GET /v2/`, `GET|HEAD /v2/<name>/manifests/<reference>`,
 //! `GET|HEAD /v2/<name>/blobs/<digest>` (with `Range`), `GET /v2/<name>/tags/list`,
-//! `GET /_shoal/stats` for the CLI, and `GET /metrics` for Prometheus (every route is
+//! `GET /_shoal/stats` and the other `/_shoal/` endpoints for the CLI (`admin.rs`,
+//! `ops.rs`, `flat.rs`), and `GET /metrics` for Prometheus (every route is
 //! timed by [`crate::metrics::track`]). Which registry a request is for comes from,
 //! in order: containerd's `?ns=<registry>` parameter, a registry as the first path
 //! component (`/v2/<registry>/<repo>/...`, for podman and CRI-O mirror locations; see
@@ -10,7 +11,9 @@
 
 mod admin;
 mod error;
+mod flat;
 mod ops;
+mod peer;
 
 use std::sync::Arc;
 
@@ -48,6 +51,16 @@ pub fn router(node: Arc<Node>) -> Router {
             axum::routing::post(ops::pin).delete(ops::pin),
         )
         .route("/_shoal/pull", axum::routing::post(ops::pull))
+        .route("/_shoal/flat/flatten", axum::routing::post(flat::flatten))
+        .route("/_shoal/flat/mount", axum::routing::post(flat::mount))
+        .route("/_shoal/flat/umount", axum::routing::post(flat::umount))
+        .route("/_shoal/flat/mounts", get(flat::mounts))
+        .route("/_shoal/flat/export", axum::routing::post(flat::export))
+        .route("/_shoal/flat/prune", axum::routing::post(flat::prune))
+        .route(
+            "/_shoal/flat/exports/{manifest}/archive",
+            get(flat::archive),
+        )
         .route("/metrics", get(crate::metrics::serve))
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
