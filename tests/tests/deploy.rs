@@ -94,6 +94,15 @@ fn the_systemd_unit_verifies_and_its_command_runs_a_node_that_stops_on_sigterm()
         "systemd-analyze verify: {complaints}"
     );
 
+    // The node's mounts must be the host's: nothing that gives the service its own
+    // mount namespace.
+    for option in ["PrivateTmp", "ProtectHome", "ProtectSystem", "PrivateMounts", "MountFlags"] {
+        assert!(
+            !unit_text.lines().any(|l| l.starts_with(&format!("{option}="))),
+            "the unit sets {option}, which hides shoal mount's overlays from the host"
+        );
+    }
+
     let exec = unit_text
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
