@@ -4,8 +4,10 @@
 //! - Name every piece of content that moves between an origin registry, shoal nodes and
 //!   container engines, and say how it is checked: registry digests (sha256) are the
 //!   root of trust, BLAKE3 piece ids let untrusted peers hand over parts of a blob.
-//! - Decode everything that comes from outside (manifests, references, ranges) with
-//!   bounded sizes and typed errors, so that every decoder can be fuzzed.
+//! - Decode everything that comes from outside (manifests, references, ranges, peer
+//!   messages) with bounded sizes and typed errors, so that every decoder can be fuzzed.
+//! - Specify the peer-to-peer protocol ([`wire`]): framing, messages and the fleet
+//!   handshake, as functions and a state machine that a node drives over its streams.
 //!
 //! # Non-goals
 //! - No I/O of any kind: no sockets, files, clocks or async runtimes. Callers bring
@@ -22,6 +24,7 @@ pub mod piece;
 pub mod range;
 pub mod recipe;
 pub mod reference;
+pub mod wire;
 
 pub use digest::{Digest, DigestError};
 pub use piece::{PIECE_SIZE, PieceId, PieceLayout};

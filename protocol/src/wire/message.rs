@@ -1,0 +1,507 @@
+//! The messages, their kind bytes and the rules each must follow.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use super::error::InvalidMessage;
+use super::payload::PIECE_PREFIX;
+use super::{
+    MAX_HAVE, MAX_IMAGE_LEN, MAX_MAP_PIECES, MAX_PEER_ID_LEN, MAX_REQUEST_PIECES, MAX_TEXT_LEN,
+};
+use crate::digest::Digest;
+use crate::piece::{PIECE_SIZE, PieceId, PieceLayout};
+
+/// Which message a frame holds: the byte after the version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// [`Message::FleetChallenge`].
+    FleetChallenge = 0x01,
+    /// [`Message::FleetProof`].
+    FleetProof = 0x02,
+    /// [`Message::BlobMapRequest`].
+    BlobMapRequest = 0x10,
+    /// [`Message::BlobMap`].
+    BlobMap = 0x11,
+    /// [`Message::PieceRequest`].
+    PieceRequest = 0x12,
+    /// [`Message::Piece`].
+    Piece = 0x13,
+    /// [`Message::PieceUnavailable`].
+    PieceUnavailable = 0x14,
+    /// [`Message::Have`].
+    Have = 0x15,
+    /// [`Message::SeedOrder`].
+    SeedOrder = 0x20,
+    /// [`Message::SeedStatus`].
+    SeedStatus = 0x21,
+    /// [`Message::Error`].
+    Error = 0x30,
+    /// [`Message::Bye`].
+    Bye = 0x31,
+}
+
+impl Kind {
+    /// Every kind of wire version 1.
+    pub const ALL: [Kind; 12] = [
+        Kind::FleetChallenge,
+        Kind::FleetProof,
+        Kind::BlobMapRequest,
+        Kind::BlobMap,
+        Kind::PieceRequest,
+        Kind::Piece,
+        Kind::PieceUnavailable,
+        Kind::Have,
+        Kind::SeedOrder,
+        Kind::SeedStatus,
+        Kind::Error,
+        Kind::Bye,
+    ];
+
+    /// The kind a byte names, if any.
+    pub fn from_byte(byte: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u8 == byte)
+    }
+
+    /// The message's name, as in [`Message`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::FleetChallenge => "FleetChallenge",
+            Kind::FleetProof => "FleetProof",
+            Kind::BlobMapRequest => "BlobMapRequest",
+            Kind::BlobMap => "BlobMap",
+            Kind::PieceRequest => "PieceRequest",
+            Kind::Piece => "Piece",
+            Kind::PieceUnavailable => "PieceUnavailable",
+            Kind::Have => "Have",
+            Kind::SeedOrder => "SeedOrder",
+            Kind::SeedStatus => "SeedStatus",
+            Kind::Error => "Error",
+            Kind::Bye => "Bye",
+        }
+    }
+
+    /// The largest payload (body after version and kind) a frame of this kind may hold.
+    /// The decoder refuses a longer frame as soon as its 6-byte header is in.
+    pub fn max_payload(self) -> usize {
+        match self {
+            Kind::Piece => PIECE_PREFIX + PIECE_SIZE as usize,
+            // Digest, size, start, length, then 33 bytes per entry, then `complete`.
+            Kind::BlobMap => 64 + MAX_MAP_PIECES * 33,
+            // Everything else is far below (the largest, a full `Have`, is ~32 KiB).
+            _ => 64 * 1024,
+        }
+    }
+}
+
+/// Why a piece cannot be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unavailable {
+    /// The responder knows the blob but does not hold this piece (yet).
+    NotHeld,
+    /// The responder holds nothing of this blob.
+    UnknownBlob,
+    /// The responder is serving too much right now; ask another peer or later.
+    Busy,
+}
+
+/// Where a seeding order stands on the node that carries it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SeedState {
+    /// Accepted, not started.
+    Queued,
+    /// Fetching the image's blobs.
+    Fetching,
+    /// Every blob is held, verified and pinned.
+    Complete,
+    /// Given up; `detail` says why.
+    Failed,
+}
+
+/// What went wrong, in an [`Message::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The receiver could not decode a message, or it broke a rule.
+    BadMessage,
+    /// The receiver does not read the frame's version or kind.
+    Unsupported,
+    /// The fleet handshake failed: the receiver will talk no further.
+    WrongFleet,
+    /// The receiver is overloaded; try later or elsewhere.
+    Busy,
+    /// The receiver failed on its side (store, disk); not the sender's fault.
+    Internal,
+}
+
+/// Maps an enumeration to its one-byte wire code and back. Codes start at 1, so a
+/// zeroed payload is never a valid code.
+macro_rules! wire_codes {
+    ($ty:ident, $field:literal, $($variant:ident = $code:literal),+ $(,)?) => {
+        impl $ty {
+            /// The code on the wire.
+            pub fn code(self) -> u8 {
+                match self { $($ty::$variant => $code),+ }
+            }
+
+            pub(crate) fn from_code(code: u8) -> Result<Self, InvalidMessage> {
+                match code {
+                    $($code => Ok($ty::$variant),)+
+                    _ => Err(InvalidMessage::UnknownCode { field: $field, code }),
+                }
+            }
+        }
+    };
+}
+
+wire_codes!(
+    Unavailable,
+    "reason",
+    NotHeld = 1,
+    UnknownBlob = 2,
+    Busy = 3
+);
+wire_codes!(
+    SeedState,
+    "state",
+    Queued = 1,
+    Fetching = 2,
+    Complete = 3,
+    Failed = 4
+);
+wire_codes!(
+    ErrorCode,
+    "code",
+    BadMessage = 1,
+    Unsupported = 2,
+    WrongFleet = 3,
+    Busy = 4,
+    Internal = 5
+);
+
+/// One message of the peer-to-peer protocol. See the [module docs](super) for the
+/// exchanges they make up and the layout of each.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Opens the fleet handshake: answer with a proof over `nonce`; `proto_version` is
+    /// the highest wire version the sender reads.
+    FleetChallenge {
+        /// 32 fresh random bytes from the sender.
+        nonce: [u8; 32],
+        /// The highest wire version the sender reads (at least 1).
+        proto_version: u8,
+    },
+    /// Answers the peer's challenge: [`FleetKey::prove`](super::FleetKey::prove).
+    FleetProof {
+        /// The keyed BLAKE3 of the transcript.
+        mac: [u8; 32],
+    },
+    /// Asks which pieces of a blob the peer holds, from piece `start` on.
+    BlobMapRequest {
+        /// The blob.
+        digest: Digest,
+        /// The first piece to describe (0, or where the previous page ended).
+        start: u32,
+    },
+    /// Describes pieces `start..start + pieces.len()` of a blob: the id of each the
+    /// sender holds, `None` for each it lacks.
+    BlobMap {
+        /// The blob.
+        digest: Digest,
+        /// The blob's size in bytes, which fixes its piece count.
+        size: u64,
+        /// The index of `pieces[0]`.
+        start: u32,
+        /// One entry per piece, exactly `min(count - start, MAX_MAP_PIECES)` of them.
+        pieces: Vec<Option<PieceId>>,
+        /// The sender holds every piece and has checked the blob's sha256.
+        complete: bool,
+    },
+    /// Asks for pieces of a blob; answered by one `Piece` or `PieceUnavailable` per
+    /// index, in the order asked.
+    PieceRequest {
+        /// The blob.
+        digest: Digest,
+        /// The pieces wanted (1 to `MAX_REQUEST_PIECES`), in the order wanted.
+        indices: Vec<u32>,
+    },
+    /// One piece's bytes, carried raw after a fixed header.
+    Piece {
+        /// The blob.
+        digest: Digest,
+        /// The piece's index in the blob.
+        index: u32,
+        /// The piece's bytes (1 to `PIECE_SIZE`); unverified until checked against
+        /// the piece's id.
+        bytes: Bytes,
+    },
+    /// Answers a requested piece (or a whole blob-map request) that cannot be served.
+    PieceUnavailable {
+        /// The blob.
+        digest: Digest,
+        /// The piece asked for (for a blob-map request, its `start`).
+        index: u32,
+        /// Why not.
+        reason: Unavailable,
+    },
+    /// Announces blobs the sender now holds complete and verified.
+    Have {
+        /// The blobs (1 to `MAX_HAVE`).
+        digests: Vec<Digest>,
+    },
+    /// Orders the receiver to fetch and pin an image (fleet seeding).
+    SeedOrder {
+        /// The order's id, chosen by the issuing node, echoed in every status.
+        id: u64,
+        /// The image reference as the operator wrote it (1 to `MAX_IMAGE_LEN` bytes);
+        /// the receiver parses it against its own registry configuration.
+        image: String,
+        /// How long to keep the image pinned once held, in seconds (0: do not pin).
+        pin_ttl_secs: u64,
+        /// The peer id of the node that issued the order (1 to `MAX_PEER_ID_LEN`
+        /// bytes), where statuses go.
+        origin_node: Vec<u8>,
+    },
+    /// Reports how a seeding order is going.
+    SeedStatus {
+        /// The order's id.
+        id: u64,
+        /// Where it stands.
+        state: SeedState,
+        /// Bytes of the image held so far.
+        bytes_done: u64,
+        /// Bytes of the image in all (0 while the manifests are not yet fetched).
+        bytes_total: u64,
+        /// Bytes fetched from the origin registry for this order.
+        from_origin: u64,
+        /// Bytes fetched from peers for this order.
+        from_peers: u64,
+        /// Why it failed, or empty (at most `MAX_TEXT_LEN` bytes).
+        detail: String,
+    },
+    /// Says what went wrong; the sender closes the stream after it.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// A human-readable explanation (at most `MAX_TEXT_LEN` bytes), for logs only.
+        message: String,
+    },
+    /// The sender will send nothing more on this stream.
+    Bye,
+}
+
+impl Message {
+    /// Which kind of message this is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::FleetChallenge { .. } => Kind::FleetChallenge,
+            Message::FleetProof { .. } => Kind::FleetProof,
+            Message::BlobMapRequest { .. } => Kind::BlobMapRequest,
+            Message::BlobMap { .. } => Kind::BlobMap,
+            Message::PieceRequest { .. } => Kind::PieceRequest,
+            Message::Piece { .. } => Kind::Piece,
+            Message::PieceUnavailable { .. } => Kind::PieceUnavailable,
+            Message::Have { .. } => Kind::Have,
+            Message::SeedOrder { .. } => Kind::SeedOrder,
+            Message::SeedStatus { .. } => Kind::SeedStatus,
+            Message::Error { .. } => Kind::Error,
+            Message::Bye => Kind::Bye,
+        }
+    }
+
+    /// Checks the message against the protocol's rules: what [`decode`](super::decode)
+    /// checks before it returns a message, and [`encode`](super::encode) before it
+    /// writes one.
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        match self {
+            Message::FleetChallenge { proto_version, .. } => {
+                if *proto_version == 0 {
+                    return Err(InvalidMessage::ZeroVersion);
+                }
+            }
+            Message::BlobMap {
+                size,
+                start,
+                pieces,
+                complete,
+                ..
+            } => {
+                let count = PieceLayout::new(*size).count();
+                if count > 1 << 32 {
+                    return Err(InvalidMessage::BlobTooLarge { size: *size });
+                }
+                let start = *start;
+                if u64::from(start) > count {
+                    return Err(InvalidMessage::MapStart { start, count });
+                }
+                let expected = (count - u64::from(start)).min(MAX_MAP_PIECES as u64);
+                if pieces.len() as u64 != expected {
+                    return Err(InvalidMessage::MapLength {
+                        len: pieces.len(),
+                        expected,
+                    });
+                }
+                if *complete {
+                    if let Some(i) = pieces.iter().position(Option::is_none) {
+                        return Err(InvalidMessage::IncompleteMap {
+                            index: u64::from(start) + i as u64,
+                        });
+                    }
+                }
+            }
+            Message::PieceRequest { indices, .. } => {
+                length("indices", indices.len(), 1, MAX_REQUEST_PIECES)?;
+            }
+            Message::Piece { bytes, .. } => {
+                if bytes.is_empty() || bytes.len() as u64 > PIECE_SIZE {
+                    return Err(InvalidMessage::PieceSize {
+                        len: bytes.len() as u64,
+                    });
+                }
+            }
+            Message::Have { digests } => length("digests", digests.len(), 1, MAX_HAVE)?,
+            Message::SeedOrder {
+                image, origin_node, ..
+            } => {
+                length("image", image.len(), 1, MAX_IMAGE_LEN)?;
+                length("origin_node", origin_node.len(), 1, MAX_PEER_ID_LEN)?;
+            }
+            Message::SeedStatus {
+                bytes_done,
+                bytes_total,
+                detail,
+                ..
+            } => {
+                if bytes_done > bytes_total {
+                    return Err(InvalidMessage::SeedProgress {
+                        done: *bytes_done,
+                        total: *bytes_total,
+                    });
+                }
+                length("detail", detail.len(), 0, MAX_TEXT_LEN)?;
+            }
+            Message::Error { message, .. } => length("message", message.len(), 0, MAX_TEXT_LEN)?,
+            Message::FleetProof { .. }
+            | Message::BlobMapRequest { .. }
+            | Message::PieceUnavailable { .. }
+            | Message::Bye => {}
+        }
+        Ok(())
+    }
+}
+
+fn length(field: &'static str, len: usize, min: usize, max: usize) -> Result<(), InvalidMessage> {
+    if (min..=max).contains(&len) {
+        Ok(())
+    } else {
+        Err(InvalidMessage::Length {
+            field,
+            len,
+            min,
+            max,
+        })
+    }
+}
+
+/// Short for pieces: a derived `Debug` would print a megabyte of payload.
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Message::Piece {
+                digest,
+                index,
+                bytes,
+            } => f
+                .debug_struct("Piece")
+                .field("digest", digest)
+                .field("index", index)
+                .field("len", &bytes.len())
+                .field("id", &PieceId::of(bytes))
+                .finish(),
+            Message::FleetChallenge {
+                nonce,
+                proto_version,
+            } => f
+                .debug_struct("FleetChallenge")
+                .field("nonce", &hex::encode(nonce))
+                .field("proto_version", proto_version)
+                .finish(),
+            Message::FleetProof { mac } => f
+                .debug_struct("FleetProof")
+                .field("mac", &hex::encode(mac))
+                .finish(),
+            other => fmt::Debug::fmt(&DebugView(other), f),
+        }
+    }
+}
+
+/// The derived-style `Debug` of the variants whose fields are all short or useful.
+struct DebugView<'a>(&'a Message);
+
+impl fmt::Debug for DebugView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.0.kind().name();
+        let mut s = f.debug_struct(name);
+        match self.0 {
+            Message::BlobMapRequest { digest, start } => {
+                s.field("digest", digest).field("start", start)
+            }
+            Message::BlobMap {
+                digest,
+                size,
+                start,
+                pieces,
+                complete,
+            } => s
+                .field("digest", digest)
+                .field("size", size)
+                .field("start", start)
+                .field("pieces", pieces)
+                .field("complete", complete),
+            Message::PieceRequest { digest, indices } => {
+                s.field("digest", digest).field("indices", indices)
+            }
+            Message::PieceUnavailable {
+                digest,
+                index,
+                reason,
+            } => s
+                .field("digest", digest)
+                .field("index", index)
+                .field("reason", reason),
+            Message::Have { digests } => s.field("digests", digests),
+            Message::SeedOrder {
+                id,
+                image,
+                pin_ttl_secs,
+                origin_node,
+            } => s
+                .field("id", id)
+                .field("image", image)
+                .field("pin_ttl_secs", pin_ttl_secs)
+                .field("origin_node", &hex::encode(origin_node)),
+            Message::SeedStatus {
+                id,
+                state,
+                bytes_done,
+                bytes_total,
+                from_origin,
+                from_peers,
+                detail,
+            } => s
+                .field("id", id)
+                .field("state", state)
+                .field("bytes_done", bytes_done)
+                .field("bytes_total", bytes_total)
+                .field("from_origin", from_origin)
+                .field("from_peers", from_peers)
+                .field("detail", detail),
+            Message::Error { code, message } => s.field("code", code).field("message", message),
+            Message::Bye
+            | Message::Piece { .. }
+            | Message::FleetChallenge { .. }
+            | Message::FleetProof { .. } => &mut s,
+        };
+        s.finish()
+    }
+}
