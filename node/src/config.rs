@@ -64,6 +64,7 @@ struct OriginSection {
     connect_timeout_secs: Option<u64>,
     stall_timeout_secs: Option<u64>,
     manifest_timeout_secs: Option<u64>,
+    serve_stale_tags: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +124,10 @@ pub struct NodeFlags {
     /// fsync every store write (survives power loss, not only a killed process).
     #[arg(long)]
     pub sync_writes: bool,
+    /// When the origin is down, answer tags with what they last resolved to (marked
+    /// stale in a header and the log) instead of failing.
+    #[arg(long)]
+    pub serve_stale_tags: bool,
     /// Most bytes the store may hold before GC removes least recently used images,
     /// e.g. 20GiB; "none" for no limit [default: none].
     #[arg(long, value_name = "SIZE")]
@@ -192,6 +197,10 @@ pub struct OriginConfig {
     pub stall_timeout: Duration,
     /// Whole-request limit for manifests and token requests [default: 60 s].
     pub manifest_timeout: Duration,
+    /// When the origin is down (unreachable, or 5xx), answer a tag with what it last
+    /// resolved to, saying so in a log line and an `X-Shoal-Stale-Tag` header
+    /// [default: false: tags are always resolved at the origin].
+    pub serve_stale_tags: bool,
 }
 
 /// The validated configuration of a node.
@@ -278,6 +287,8 @@ impl NodeConfig {
                 connect_timeout: secs(file.origin.connect_timeout_secs, 10),
                 stall_timeout: secs(file.origin.stall_timeout_secs, 60),
                 manifest_timeout: secs(file.origin.manifest_timeout_secs, 60),
+                serve_stale_tags: flags.serve_stale_tags
+                    || file.origin.serve_stale_tags.unwrap_or(false),
             },
             ingest: {
                 let d = IngestLimits::default();

@@ -26,6 +26,9 @@ pub struct ServedManifest {
     pub media_type: String,
     /// What it points at.
     pub manifest: Manifest,
+    /// For a tag answered from its last resolution while the origin was down: when
+    /// that resolution was (seconds since the epoch).
+    pub stale_since: Option<u64>,
 }
 
 /// Why a manifest could not be served.
@@ -75,23 +78,61 @@ pub struct Manifests {
     origin: Arc<Origin>,
     stats: Arc<Stats>,
     leases: Arc<Leases>,
+    serve_stale_tags: bool,
 }
 
 impl Manifests {
     /// The service over `store`, fetching from `origin`; reads of stored manifests
-    /// hold a lease from `leases`.
+    /// hold a lease from `leases`. With `serve_stale_tags`, a tag is answered from its
+    /// last resolution when the origin is down.
     pub fn new(
         store: Arc<dyn Store>,
         origin: Arc<Origin>,
         stats: Arc<Stats>,
         leases: Arc<Leases>,
+        serve_stale_tags: bool,
     ) -> Self {
         Manifests {
             store,
             origin,
             stats,
             leases,
+            serve_stale_tags,
         }
+    }
+
+    /// `tag` of `source` as the node last resolved it, if it still holds that manifest.
+    async fn stale(
+        &self,
+        source: &Source,
+        tag: &str,
+        why: &OriginError,
+    ) -> Result<Option<ServedManifest>, ManifestFetchError> {
+        let (store, host, repo, t) = (
+            Arc::clone(&self.store),
+            source.upstream.host.clone(),
+            source.repo.clone(),
+            tag.to_owned(),
+        );
+        let record = tokio::task::spawn_blocking(move || store.tag(&host, &repo, &t))
+            .await
+            .map_err(|e| ManifestFetchError::Internal(e.to_string()))??;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let Some(mut served) = self.stored(source, record.digest).await? else {
+            return Ok(None);
+        };
+        tracing::warn!(
+            repo = %source.repo,
+            tag,
+            upstream = %source.upstream.host,
+            digest = %record.digest,
+            resolved_at = record.resolved_at,
+            "the origin is down ({why}); answering the tag with its last resolution (serve_stale_tags)"
+        );
+        served.stale_since = Some(record.resolved_at);
+        Ok(Some(served))
     }
 
     /// The manifest `reference` names in `source`. Tags are always resolved at the
@@ -111,10 +152,23 @@ impl Manifests {
             }
         }
         let accept = accept_header(accept);
-        let fetched = self
+        let fetched = match self
             .origin
             .manifest(&source.upstream, &source.repo, reference, &accept)
-            .await?;
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                if let (Reference::Tag(tag), true) = (reference, self.serve_stale_tags) {
+                    if origin_down(&e) {
+                        if let Some(stale) = self.stale(source, tag, &e).await? {
+                            return Ok(stale);
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         Stats::add(&self.stats.bytes_from_origin, fetched.bytes.len() as u64);
         let origin = source.upstream.host.clone();
         let actual = Digest::of(&fetched.bytes);
@@ -146,6 +200,7 @@ impl Manifests {
             bytes: fetched.bytes,
             media_type: manifest.media_type.clone(),
             manifest,
+            stale_since: None,
         };
         let image = image_key(source, actual);
         let (store, keep) = (Arc::clone(&self.store), served.clone());
@@ -216,10 +271,21 @@ impl Manifests {
                 bytes: bytes.into(),
                 media_type,
                 manifest,
+                stale_since: None,
             }))
         })
         .await
         .map_err(|e| ManifestFetchError::Internal(e.to_string()))?
+    }
+}
+
+/// Whether `e` means the origin is down rather than that it refused or lied: no
+/// connection, a timeout, or a 5xx.
+fn origin_down(e: &OriginError) -> bool {
+    match e {
+        OriginError::Unreachable { .. } => true,
+        OriginError::Status { status, .. } => status.is_server_error(),
+        _ => false,
     }
 }
 

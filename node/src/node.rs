@@ -80,6 +80,7 @@ impl Node {
             Arc::clone(&origin),
             Arc::clone(&stats),
             Arc::clone(&leases),
+            config.origin.serve_stale_tags,
         );
         let gc = Gc::new(
             Arc::clone(&store),

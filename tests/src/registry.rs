@@ -182,6 +182,11 @@ impl Registry {
     pub fn log_tail(&self) -> String {
         self.daemon.log_tail()
     }
+
+    /// Kills it: the origin goes down.
+    pub fn stop(&mut self) {
+        self.daemon.kill();
+    }
 }
 
 fn write_htpasswd(path: &Path, user: &str, password: &str) -> anyhow::Result<()> {

@@ -96,9 +96,17 @@ fn the_systemd_unit_verifies_and_its_command_runs_a_node_that_stops_on_sigterm()
 
     // The node's mounts must be the host's: nothing that gives the service its own
     // mount namespace.
-    for option in ["PrivateTmp", "ProtectHome", "ProtectSystem", "PrivateMounts", "MountFlags"] {
+    for option in [
+        "PrivateTmp",
+        "ProtectHome",
+        "ProtectSystem",
+        "PrivateMounts",
+        "MountFlags",
+    ] {
         assert!(
-            !unit_text.lines().any(|l| l.starts_with(&format!("{option}="))),
+            !unit_text
+                .lines()
+                .any(|l| l.starts_with(&format!("{option}="))),
             "the unit sets {option}, which hides shoal mount's overlays from the host"
         );
     }

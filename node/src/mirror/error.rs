@@ -114,6 +114,15 @@ impl MirrorError {
     }
 }
 
+/// ": <message>" from an origin's distribution-spec error document, if it has one.
+fn origin_message(body: &[u8]) -> String {
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match doc["errors"][0]["message"].as_str() {
+        Some(m) if !m.is_empty() => format!(": {}", m.chars().take(300).collect::<String>()),
+        _ => String::new(),
+    }
+}
+
 impl From<OriginError> for MirrorError {
     fn from(e: OriginError) -> Self {
         let message = e.to_string();
@@ -125,8 +134,12 @@ impl From<OriginError> for MirrorError {
                 ..
             } => {
                 // 4xx answers (unknown repository, tag or blob) are the origin's to
-                // give: pass them through. A 5xx is the origin failing: say so as 502.
-                if status.is_client_error() && status != StatusCode::UNAUTHORIZED {
+                // give, and so is 503 (down for maintenance, retry later): pass them
+                // through. Any other 5xx is the origin failing: say so as 502, with
+                // what it said.
+                let passes = (status.is_client_error() && status != StatusCode::UNAUTHORIZED)
+                    || status == StatusCode::SERVICE_UNAVAILABLE;
+                if passes {
                     MirrorError {
                         status,
                         code: "UNKNOWN",
@@ -142,7 +155,12 @@ impl From<OriginError> for MirrorError {
                         ),
                     )
                 } else {
-                    Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message)
+                    let said = origin_message(&body);
+                    Self::new(
+                        StatusCode::BAD_GATEWAY,
+                        "UNKNOWN",
+                        format!("{message}{said}"),
+                    )
                 }
             }
             OriginError::Auth { .. } => Self::new(StatusCode::FORBIDDEN, "DENIED", message),

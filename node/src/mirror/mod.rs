@@ -215,6 +215,13 @@ async fn manifest(
         h.insert(header::CONTENT_TYPE, v);
     }
     insert_digest(h, &m.digest);
+    if let Some(at) = m.stale_since {
+        h.insert(
+            "x-shoal-stale-tag",
+            HeaderValue::from_str(&format!("resolved-at={at}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("resolved-at=unknown")),
+        );
+    }
     Ok(r)
 }
 
