@@ -85,6 +85,21 @@ struct UpstreamSection {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     insecure_skip_verify: bool,
+    #[serde(default)]
+    client_auth: ClientAuth,
+}
+
+/// Whether clients must prove their own access to the node's private repositories.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A repository the origin does not serve anonymously is served only to clients
+    /// whose basic credentials the origin accepts for it (the default).
+    #[default]
+    Origin,
+    /// Every client that reaches the mirror gets what the node's credentials can get
+    /// (for an upstream whose credentials only lift rate limits, on a trusted host).
+    None,
 }
 
 /// How logs are written.
@@ -165,6 +180,8 @@ pub struct Upstream {
     pub ca_file: Option<PathBuf>,
     /// Accept any TLS certificate. Must be asked for by name.
     pub insecure_skip_verify: bool,
+    /// Whether clients must prove access to private repositories.
+    pub client_auth: ClientAuth,
 }
 
 impl Upstream {
@@ -183,6 +200,7 @@ impl Upstream {
             credentials: None,
             ca_file: None,
             insecure_skip_verify: false,
+            client_auth: ClientAuth::Origin,
         })
     }
 }
@@ -438,6 +456,7 @@ fn upstream_from_url(host: Option<&str>, url: &str) -> anyhow::Result<Upstream> 
         credentials: None,
         ca_file: None,
         insecure_skip_verify: false,
+        client_auth: ClientAuth::Origin,
     })
 }
 
@@ -464,6 +483,7 @@ fn upstream_from_section(s: UpstreamSection) -> anyhow::Result<Upstream> {
     };
     up.ca_file = s.ca_file;
     up.insecure_skip_verify = s.insecure_skip_verify;
+    up.client_auth = s.client_auth;
     Ok(up)
 }
 

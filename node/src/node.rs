@@ -36,6 +36,8 @@ pub struct Node {
     pub ingest: Arc<Ingest>,
     /// Garbage collection.
     pub gc: Arc<Gc>,
+    /// Who may pull private repositories.
+    pub access: crate::access::Access,
     /// Request latencies for `/metrics`.
     pub requests: RequestMetrics,
     /// Flat trees, exports and mounts (`data_dir/flat`).
@@ -97,6 +99,7 @@ impl Node {
             stats,
             ingest,
             gc,
+            access: crate::access::Access::default(),
             requests: RequestMetrics::default(),
             flat,
         }))

@@ -50,7 +50,11 @@ fn node_with(
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
-        format!("[[upstreams]]\nhost = \"{alias}\"\nurl = \"{origin_url}\"\n{settings}\n"),
+        // These tests are about the node's own credentials; clients' access to private
+        // repositories is tests/tests/private.rs's.
+        format!(
+            "[[upstreams]]\nhost = \"{alias}\"\nurl = \"{origin_url}\"\nclient_auth = \"none\"\n{settings}\n"
+        ),
     )?;
     let config = config.display().to_string();
     Node::start_named(dir, name, origin_url, &["--config", &config])

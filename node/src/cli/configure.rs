@@ -187,6 +187,7 @@ mod tests {
             credentials: None,
             ca_file: None,
             insecure_skip_verify: false,
+            client_auth: crate::config::ClientAuth::Origin,
         }
     }
 

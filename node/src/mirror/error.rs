@@ -20,6 +20,8 @@ pub struct MirrorError {
     message: String,
     /// An origin's own error document, passed through unchanged.
     passthrough: Option<(bytes::Bytes, Option<String>)>,
+    /// Whether to ask the client for basic credentials (`WWW-Authenticate`).
+    challenge: bool,
 }
 
 impl MirrorError {
@@ -29,6 +31,7 @@ impl MirrorError {
             code,
             message: message.into(),
             passthrough: None,
+            challenge: false,
         }
     }
 
@@ -95,6 +98,24 @@ impl MirrorError {
         Self::new(status, "UNKNOWN", e.to_string())
     }
 
+    /// A client without access to a private repository: 401 with a basic challenge
+    /// (so that engines send their credentials), or 503 if the origin could not be
+    /// asked.
+    pub fn denied(e: crate::access::Denied) -> Self {
+        use crate::access::Denied;
+        match e {
+            Denied::CannotCheck { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                e.to_string(),
+            ),
+            Denied::Ping | Denied::NeedCredentials { .. } | Denied::Refused { .. } => MirrorError {
+                challenge: true,
+                ..Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", e.to_string())
+            },
+        }
+    }
+
     /// The store's disk is full: 503, so that engines retry later.
     pub fn disk_full(e: impl std::fmt::Display) -> Self {
         Self::new(
@@ -145,6 +166,7 @@ impl From<OriginError> for MirrorError {
                         code: "UNKNOWN",
                         message,
                         passthrough: Some((body, content_type)),
+                        challenge: false,
                     }
                 } else if status == StatusCode::UNAUTHORIZED {
                     Self::new(
@@ -236,6 +258,12 @@ impl IntoResponse for MirrorError {
             "docker-distribution-api-version",
             HeaderValue::from_static(super::API_VERSION),
         );
+        if self.challenge {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"shoal\""),
+            );
+        }
         r
     }
 }

@@ -39,30 +39,7 @@ use crate::node::Node;
 /// Longest image name an archive may be given.
 const MAX_NAME: usize = 1024;
 
-/// An error document with `status`.
-fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    let doc = serde_json::json!({"errors": [{"code": code, "message": message}]});
-    let mut r = axum::Json(doc).into_response();
-    *r.status_mut() = status;
-    r
-}
-
-/// A 403 unless the client is root on this host.
-fn local_root(node: &Node, peer: SocketAddr, what: &str) -> Option<Response> {
-    let why = match super::peer::peer_uid(peer, node.config.listen.port()) {
-        Some(0) => return None,
-        Some(uid) => format!("the request came from uid {uid}"),
-        None => {
-            "the request's socket is not one of this host's (another host or network namespace)"
-                .to_owned()
-        }
-    };
-    Some(refuse(
-        StatusCode::FORBIDDEN,
-        "DENIED",
-        &format!("only root on the node's host may {what}: {why}"),
-    ))
-}
+use super::peer::{local_root, refuse};
 
 /// Runs `f` on the blocking pool as a job reporting [`FlatProgress`].
 fn job<R: Serialize + Send + 'static>(

@@ -21,7 +21,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use shoal_protocol::range::{RangeRequest, parse_range};
 use shoal_protocol::reference::registry_in_path;
@@ -36,14 +36,11 @@ const API_VERSION: &str = "registry/2.0";
 
 /// The mirror's routes over `node`.
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/v2/", get(api_root).head(api_root))
-        .route("/v2", get(api_root).head(api_root))
-        .route("/_shoal/stats", get(admin::stats))
-        .route("/_shoal/inspect", get(admin::inspect))
+    // What changes the store, or hands out content past the pull API's access checks,
+    // answers only root on this host (`peer.rs`).
+    let privileged = Router::new()
         .route("/_shoal/layers/{digest}/tar", get(admin::layer_tar))
         .route("/_shoal/fsck", axum::routing::post(admin::fsck))
-        .route("/_shoal/images", get(ops::images))
         .route("/_shoal/gc", axum::routing::post(ops::gc))
         .route("/_shoal/rm", axum::routing::post(ops::rm))
         .route(
@@ -54,14 +51,25 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/_shoal/flat/flatten", axum::routing::post(flat::flatten))
         .route("/_shoal/flat/mount", axum::routing::post(flat::mount))
         .route("/_shoal/flat/umount", axum::routing::post(flat::umount))
-        .route("/_shoal/flat/mounts", get(flat::mounts))
         .route("/_shoal/flat/export", axum::routing::post(flat::export))
         .route("/_shoal/flat/prune", axum::routing::post(flat::prune))
         .route(
             "/_shoal/flat/exports/{manifest}/archive",
             get(flat::archive),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&node),
+            peer::only_local_root,
+        ));
+    Router::new()
+        .route("/v2/", get(api_root).head(api_root))
+        .route("/v2", get(api_root).head(api_root))
+        .route("/_shoal/stats", get(admin::stats))
+        .route("/_shoal/inspect", get(admin::inspect))
+        .route("/_shoal/images", get(ops::images))
+        .route("/_shoal/flat/mounts", get(flat::mounts))
         .route("/metrics", get(crate::metrics::serve))
+        .merge(privileged)
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&node),
@@ -70,7 +78,19 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-async fn api_root() -> Response {
+/// `GET /v2/`. Engines learn from this ping whether to send credentials at all: when
+/// the node may hold private repositories (an upstream with credentials whose clients
+/// must prove their own access), a ping without credentials gets a basic challenge,
+/// as Docker Hub's does. Public repositories still pull without any.
+async fn api_root(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let private = node
+        .config
+        .upstreams
+        .values()
+        .any(|u| u.credentials.is_some() && u.client_auth == crate::config::ClientAuth::Origin);
+    if private && !headers.contains_key(header::AUTHORIZATION) {
+        return MirrorError::denied(crate::access::Denied::Ping).into_response();
+    }
     let mut r = Response::new(Body::from("{}"));
     let h = r.headers_mut();
     h.insert(
@@ -150,6 +170,13 @@ async fn dispatch(
         .upstream(registry.as_deref())
         .map_err(MirrorError::bad_registry)?;
     let source = Source { upstream, repo };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    node.access
+        .check(&node.origin, &source.upstream, &source.repo, authorization)
+        .await
+        .map_err(MirrorError::denied)?;
     let head = method == Method::HEAD;
     let mut response = match target {
         Target::Manifest(reference) => manifest(&node, &source, &reference, &headers, head).await?,

@@ -3,14 +3,71 @@
 //! `shoal flatten --out DIR`, `shoal mount` and `shoal umount` make the node (root)
 //! write to a path the client names or mount over one. Anyone who can reach the
 //! mirror's port could otherwise turn that into root: mount an image of their making
-//! over `/etc`, or flatten one into `/root/.ssh`. So these endpoints answer only a
-//! client on this host running as root. The kernel lists every TCP socket of the
+//! over `/etc`, or flatten one into `/root/.ssh`. Layer tars and flat exports hand out
+//! content without the private-repository check of the pull API, and GC, rm, pins,
+//! pull and fsck change the store. So these endpoints answer only a client on this
+//! host running as root. The kernel lists every TCP socket of the
 //! network namespace with its owner in `/proc/net/tcp` and `/proc/net/tcp6`; the
 //! client's socket is the one whose local address is the peer address the node sees
 //! and whose remote port is the node's. A client in another network namespace or on
 //! another host is not found there, and is refused.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::node::Node;
+
+/// An error document with `status`.
+pub(super) fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let doc = serde_json::json!({"errors": [{"code": code, "message": message}]});
+    let mut r = axum::Json(doc).into_response();
+    *r.status_mut() = status;
+    r
+}
+
+/// Middleware: lets a request through only from root on this host.
+pub(super) async fn only_local_root(
+    axum::extract::State(node): axum::extract::State<std::sync::Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let what = format!("use {}", request.uri().path());
+    let refusal = match peer {
+        Some(peer) => local_root(&node, peer, &what),
+        None => Some(refuse(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            &format!("only root on the node's host may {what}: the client is unknown"),
+        )),
+    };
+    match refusal {
+        Some(r) => r,
+        None => next.run(request).await,
+    }
+}
+
+/// A 403 unless the client is root on this host.
+pub(super) fn local_root(node: &Node, peer: SocketAddr, what: &str) -> Option<Response> {
+    let why = match peer_uid(peer, node.config.listen.port()) {
+        Some(0) => return None,
+        Some(uid) => format!("the request came from uid {uid}"),
+        None => {
+            "the request's socket is not one of this host's (another host or network namespace)"
+                .to_owned()
+        }
+    };
+    Some(refuse(
+        StatusCode::FORBIDDEN,
+        "DENIED",
+        &format!("only root on the node's host may {what}: {why}"),
+    ))
+}
 
 /// The uid owning the local socket at `peer` connected to port `port` (any port if 0).
 pub(super) fn peer_uid(peer: SocketAddr, port: u16) -> Option<u32> {

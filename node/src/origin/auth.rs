@@ -352,6 +352,7 @@ mod tests {
             }),
             ca_file: None,
             insecure_skip_verify: false,
+            client_auth: crate::config::ClientAuth::Origin,
         }
     }
 

@@ -250,6 +250,22 @@ impl Origin {
             })
     }
 
+    /// Asks whether `up`'s credentials (or none) may pull `repo`: lists its tags with a
+    /// fresh authorization, neither using nor filling the node's token cache. `Ok` if
+    /// the origin answered 2xx.
+    pub async fn probe(&self, up: &Upstream, repo: &RepoName) -> Result<(), OriginError> {
+        let url = Self::url(up, repo, "tags/list?n=1");
+        let client = self.client(up)?;
+        let timeout = self.config.manifest_timeout;
+        let response = Auth::default()
+            .send(&client, up, repo, timeout, || {
+                client.get(&url).timeout(timeout)
+            })
+            .await?;
+        check_status(&url, response).await?;
+        Ok(())
+    }
+
     /// Fetches `tags/list` for a repository, passing `query` (pagination) through.
     pub async fn tags(
         &self,
