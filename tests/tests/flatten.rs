@@ -506,3 +506,91 @@ fn a_layer_escaping_the_root_fails_naming_the_entry_and_writes_nothing() -> anyh
     assert!(!parent.join("evil").exists() && !m.path("evil").exists());
     Ok(())
 }
+
+#[test]
+fn a_podman_built_image_of_real_files_flattens_like_umoci_unpacks_it() -> anyhow::Result<()> {
+    let m = Mirror::start(&[])?;
+    // Real files with everything /etc holds (symlink farms, setuid-free configs,
+    // empty dirs, odd modes), written into layers by podman's own (Go) tar and gzip
+    // writers: a base of the host's /etc, a layer of documentation, and a layer that
+    // overwrites a base file.
+    let ctx = m.path("context");
+    std::fs::create_dir_all(ctx.join("docs"))?;
+    let etc_tar = ctx.join("etc.tar");
+    shoal_tests::run(
+        std::process::Command::new("tar")
+            .args(["--numeric-owner", "--xattrs", "-C", "/", "-cf"])
+            .arg(&etc_tar)
+            .args(["--exclude=etc/ssl/private", "etc"]),
+        Duration::from_secs(60),
+    )?;
+    for doc in ["apt", "bash", "coreutils", "tar"] {
+        let from = Path::new("/usr/share/doc").join(doc);
+        if from.exists() {
+            shoal_tests::run(
+                std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(&from)
+                    .arg(ctx.join("docs")),
+                Duration::from_secs(60),
+            )?;
+        }
+    }
+    std::fs::write(ctx.join("hostname"), "flattened\n")?;
+    std::fs::write(
+        ctx.join("Containerfile"),
+        "FROM scratch\nADD etc.tar /\nCOPY docs /usr/share/doc\nCOPY hostname /etc/hostname\n",
+    )?;
+    let podman = Podman::new(&m.path("podman"))?;
+    let out = podman.run(
+        &[
+            "build",
+            "-q",
+            "--layers",
+            "-t",
+            "localhost/real:v1",
+            "-f",
+            &ctx.join("Containerfile").display().to_string(),
+            &ctx.display().to_string(),
+        ],
+        Duration::from_secs(300),
+    )?;
+    anyhow::ensure!(out.status.success(), "podman build: {}", stderr(&out));
+    let out = podman.run(
+        &[
+            "push",
+            "--tls-verify=false",
+            "localhost/real:v1",
+            &format!("docker://{}/real:v1", m.registry.addr),
+        ],
+        Duration::from_secs(300),
+    )?;
+    anyhow::ensure!(out.status.success(), "podman push: {}", stderr(&out));
+
+    let image = format!("{}/real:v1", m.alias);
+    let pulled = m.node.cli_json(&["pull", &image])?;
+    assert!(
+        pulled["blobs"].as_u64() >= Some(4),
+        "config and 3+ layers: {pulled}"
+    );
+    let out = m.path("flat-real");
+    m.node
+        .cli_json(&["flatten", &image, "--out", out.to_str().unwrap_or_default()])?;
+    let rootfs = umoci_unpack(
+        &format!("{}/real:v1", m.registry.addr),
+        &m.path("umoci-real"),
+        "v1",
+    )?;
+    let (ours, theirs) = (describe_tree(&out)?, describe_tree(&rootfs)?);
+    assert!(ours.len() > 100, "a real tree: {} entries", ours.len());
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>(),
+        "the same names"
+    );
+    for (name, what) in &ours {
+        assert_eq!(what, &theirs[name], "{name}: shoal's, then umoci's");
+    }
+    assert_eq!(std::fs::read(out.join("etc/hostname"))?, b"flattened\n");
+    Ok(())
+}

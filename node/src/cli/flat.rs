@@ -16,21 +16,10 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 
 use super::progress::{Display, Unit};
-use super::remote::{self, DEFAULT_NODE, mib};
+use super::remote::{self, Common, mib};
 use crate::flatten::wire::{
     ExportSummary, FlatProgress, FlattenSummary, MountRecord, MountSummary,
 };
-
-/// Flags every flat command shares.
-#[derive(Debug, clap::Args)]
-pub struct Common {
-    /// Print JSON for scripts (progress still goes to stderr).
-    #[arg(long)]
-    json: bool,
-    /// The node's mirror URL.
-    #[arg(long, default_value = DEFAULT_NODE)]
-    node: String,
-}
 
 /// `shoal flatten`.
 #[derive(Debug, clap::Args)]

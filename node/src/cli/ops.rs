@@ -7,22 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::progress::{Display, Unit};
-use super::remote::{self, DEFAULT_NODE, mib};
+use super::remote::{self, Common, mib};
 use crate::gc::plan::ImageListing;
 use crate::gc::{GcProgress, GcReport};
 use crate::pull::{PullProgress, PullReport};
 use crate::store::unix_now;
-
-/// Flags every operations command shares.
-#[derive(Debug, clap::Args)]
-pub struct Common {
-    /// Print JSON for scripts (progress, if any, still goes to stderr).
-    #[arg(long)]
-    json: bool,
-    /// The node's mirror URL.
-    #[arg(long, default_value = DEFAULT_NODE)]
-    node: String,
-}
 
 /// `shoal images`.
 #[derive(Debug, clap::Args)]

@@ -12,6 +12,17 @@ use crate::jobs::JobLine;
 /// `--node`'s default: the mirror's default address.
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:5050";
 
+/// Flags every command that talks to a node shares.
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    /// Print JSON for scripts (progress, if any, still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// The node's mirror URL.
+    #[arg(long, default_value = DEFAULT_NODE)]
+    pub node: String,
+}
+
 /// The URL of `path` on `node`, with `query` pairs.
 pub fn url(node: &str, path: &str, query: &[(&str, &str)]) -> anyhow::Result<url::Url> {
     let mut url = url::Url::parse(&format!("{}{path}", node.trim_end_matches('/')))

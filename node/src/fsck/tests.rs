@@ -40,15 +40,7 @@ fn stores() -> Vec<(&'static str, Box<dyn Raw>, Option<tempfile::TempDir>)> {
 }
 
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = 0x2545_F491_4F6C_DD1Du64 ^ u64::from(seed).wrapping_mul(0x9E37_79B9);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::store::noise(u64::from(seed), len)
 }
 
 fn check(store: &dyn Store) -> FsckReport {

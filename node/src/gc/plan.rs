@@ -62,6 +62,19 @@ impl Default for Policy {
     }
 }
 
+#[cfg(test)]
+impl Policy {
+    /// No budget, no age, no version limit: only unreachable content goes.
+    pub(crate) fn no_rules() -> Self {
+        Policy {
+            budget: None,
+            max_age: None,
+            keep_versions: None,
+            ..Policy::default()
+        }
+    }
+}
+
 /// A held blob, as the planner needs it.
 #[derive(Clone, Debug)]
 pub struct HeldBlob {

@@ -62,12 +62,7 @@ impl Fixture {
 }
 
 fn no_rules() -> Policy {
-    Policy {
-        budget: None,
-        max_age: None,
-        keep_versions: None,
-        ..Policy::default()
-    }
+    Policy::no_rules()
 }
 
 fn names(plan: &Plan) -> Vec<(Digest, Reason)> {

@@ -24,23 +24,12 @@ fn store() -> Arc<dyn Store> {
     Arc::new(ContentStore::new(MemoryEngine::new()).unwrap())
 }
 
-/// Bytes that differ per `seed` in every MiB-sized piece.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Stores blob `seed` (its digest is made up from the seed; the store does not check).
 fn put(store: &dyn Store, seed: u64, len: usize) -> Digest {
     let d = Digest::of(&seed.to_le_bytes());
-    store.put_blob(&d, &bytes(seed, len), None).unwrap();
+    store
+        .put_blob(&d, &crate::store::noise(seed, len), None)
+        .unwrap();
     d
 }
 
@@ -76,12 +65,7 @@ fn run(gc: &Gc) -> GcReport {
 }
 
 fn no_rules() -> Policy {
-    Policy {
-        budget: None,
-        max_age: None,
-        keep_versions: None,
-        ..Policy::default()
-    }
+    Policy::no_rules()
 }
 
 proptest! {

@@ -274,6 +274,21 @@ pub fn read_piece(store: &dyn Store, id: &PieceId) -> Result<Bytes, PieceReadErr
     Ok(bytes)
 }
 
+/// Test content: bytes that do not repeat within a blob (so that its pieces differ)
+/// and differ per `seed`.
+#[cfg(test)]
+pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Seconds since the Unix epoch, for records that say when something happened.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -22,15 +22,7 @@ fn stores() -> Vec<(&'static str, Box<dyn Store>, Option<tempfile::TempDir>)> {
 
 /// Bytes that do not repeat within a blob (so that its pieces differ).
 fn blob(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    super::noise(u64::from(seed), len)
 }
 
 #[test]
