@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod flatten;
 mod gc;
 mod recipes;
 mod serve;
@@ -28,6 +29,9 @@ enum Command {
     /// Garbage collection: its time, the budget held after every pull, and the store's
     /// size on disk beside what GC counts.
     Gc(gc::GcArgs),
+    /// Flattening a real multi-layer image beside `umoci unpack` of it, cold and warm,
+    /// and the bytes and time a second version costs once the first is flat.
+    Flatten(flatten::FlattenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&args),
         Command::Recipes(args) => recipes::run(&args),
         Command::Gc(args) => gc::run(&args),
+        Command::Flatten(args) => flatten::run(&args),
     }
 }

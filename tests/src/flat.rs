@@ -1,10 +1,12 @@
 //! Flat trees in tests: layer tars with every kind of entry (the harness's `Layer`
 //! writes only files and directories) and with names no tar library would write, trees
-//! described entry by entry (to compare shoal's with umoci's), a guard that unmounts
-//! what a test mounted even when it fails, and the tools that read an image (skopeo,
-//! umoci, podman) run the way the tests need.
+//! described entry by entry (to compare shoal's with umoci's) and by the inodes they
+//! share, the hardlinks of an exported layer, a guard that unmounts what a test
+//! mounted even when it fails, and the tools that read an image (skopeo, umoci,
+//! podman) run the way the tests need.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -228,6 +230,58 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// The paths of a tree that share an inode, each group sorted, for what is not a
+/// directory: an unpacked image's hardlinks.
+pub fn inode_groups(root: &Path) -> anyhow::Result<BTreeSet<Vec<String>>> {
+    let mut by_inode: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    for rel in describe_tree(root)?.into_keys() {
+        let m = std::fs::symlink_metadata(root.join(&rel))?;
+        if !m.is_dir() && m.nlink() > 1 {
+            by_inode.entry((m.dev(), m.ino())).or_default().push(rel);
+        }
+    }
+    Ok(by_inode
+        .into_values()
+        .filter(|paths| paths.len() > 1)
+        .map(|mut paths| {
+            paths.sort();
+            paths
+        })
+        .collect())
+}
+
+/// The hardlink entries of a layer tar: (path, target).
+pub fn tar_hardlinks(tar: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for entry in tar::Archive::new(tar).entries()? {
+        let entry = entry?;
+        if entry.header().entry_type() == tar::EntryType::Link {
+            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let target = entry
+                .link_name_bytes()
+                .map(|t| String::from_utf8_lossy(&t).into_owned())
+                .unwrap_or_default();
+            out.push((path, target));
+        }
+    }
+    Ok(out)
+}
+
+/// The layer tar (gunzipped) of digest `layer` (`sha256:…`) in the OCI archive
+/// `archive`, as `shoal export --flat` writes one.
+pub fn archive_layer_tar(archive: &[u8], layer: &str) -> anyhow::Result<Vec<u8>> {
+    let member = format!("blobs/sha256/{}", layer.trim_start_matches("sha256:"));
+    for entry in tar::Archive::new(archive).entries()? {
+        let entry = entry?;
+        if entry.path()?.to_str() == Some(member.as_str()) {
+            let mut tar = Vec::new();
+            flate2::read::GzDecoder::new(entry).read_to_end(&mut tar)?;
+            return Ok(tar);
+        }
+    }
+    anyhow::bail!("no {member} in the archive")
 }
 
 /// The extended attributes of `path` (not followed), sorted, `security.selinux` aside.

@@ -2,8 +2,8 @@
 //! umoci unpacks from the same image, entry by entry; `shoal mount` gives each mount
 //! its own writes over one shared read-only tree and keeps the image from GC until
 //! `shoal umount`; `shoal export --flat` writes an archive podman, skopeo and
-//! containerd load, the same bytes on every node; a hostile layer fails with its entry
-//! named and nothing written.
+//! containerd load, the same bytes on every node, with the image's hardlinks and only
+//! those; a hostile layer fails with its entry named and nothing written.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -13,7 +13,8 @@ use shoal_protocol::Digest;
 use shoal_tests::containerd::Containerd;
 use shoal_tests::fixture::Mirror;
 use shoal_tests::flat::{
-    MountGuard, Podman, RichLayer, describe_tree, overlay_mounted_at, umoci_unpack,
+    MountGuard, Podman, RichLayer, archive_layer_tar, describe_tree, inode_groups,
+    overlay_mounted_at, tar_hardlinks, umoci_unpack,
 };
 use shoal_tests::image::{Layer, LayerCompression, Layout};
 use shoal_tests::node::Node;
@@ -24,7 +25,10 @@ const CAPABILITY: [u8; 20] = [
     1, 0, 0, 2, 0x0a, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
 
-/// Three layers using every rule of the OCI layer spec that flattening applies.
+/// Three layers using every rule of the OCI layer spec that flattening applies. The
+/// image's hardlinks: `etc/passwd-link` is `etc/passwd`; `usr/bin/tool-link` was
+/// `usr/bin/tool` until layer 1 replaced that; `srv/same-a` and `srv/same-b` are
+/// identical (content and metadata) but two files.
 fn rich_layers() -> Vec<Layer> {
     let base = RichLayer::new()
         .dir("etc")
@@ -68,7 +72,9 @@ fn rich_layers() -> Vec<Layer> {
     let top = RichLayer::new()
         .hardlink("etc/passwd-link", "etc/passwd")
         .symlink("usr/bin/sh", "/usr/bin/tool")
-        .file("srv/data", b"served");
+        .file("srv/data", b"served")
+        .file("srv/same-a", b"identical")
+        .file("srv/same-b", b"identical");
     vec![base.layer(), middle.layer(), top.layer()]
 }
 
@@ -333,9 +339,16 @@ fn mounts_keep_writes_apart_pin_the_image_and_umount_undoes_everything() -> anyh
     )?;
     let pruned: serde_json::Value = serde_json::from_slice(&pruned.stdout)?;
     assert_eq!(pruned["trees"], 1, "{pruned}");
-    // Seven distinct files (etc/passwd-link is etc/passwd), seven objects.
-    assert_eq!(pruned["objects"], 7, "{pruned}");
+    // Nine files; etc/passwd-link is etc/passwd, and srv/same-a and srv/same-b have one
+    // object: eight objects.
+    assert_eq!(pruned["objects"], 8, "{pruned}");
     assert!(!lower.exists());
+    let mut links_file = lower.into_os_string();
+    links_file.push(".links.json");
+    assert!(
+        !Path::new(&links_file).exists(),
+        "the tree's links file goes too"
+    );
     Ok(())
 }
 
@@ -398,6 +411,44 @@ fn export_flat_loads_in_engines_and_is_the_same_bytes_on_every_node() -> anyhow:
         "the same archive from another node"
     );
 
+    // A tree and an export an older shoal made (no links file; an export record
+    // without a version) are made again, to the same bytes.
+    let hex = first["source_manifest"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("sha256:");
+    let flat = m.node.data_dir.join("flat");
+    let links_file = flat.join(format!("trees/{hex}.links.json"));
+    assert!(links_file.is_file(), "{}", links_file.display());
+    std::fs::remove_file(&links_file)?;
+    let record = flat.join(format!("exports/{hex}/export.json"));
+    let mut older: serde_json::Value = serde_json::from_slice(&std::fs::read(&record)?)?;
+    older
+        .as_object_mut()
+        .and_then(|o| o.remove("version"))
+        .ok_or_else(|| anyhow::anyhow!("no version in {older}"))?;
+    std::fs::write(&record, serde_json::to_vec(&older)?)?;
+    let d = m.path("d.tar");
+    let remade = m.node.cli_json(&[
+        "export",
+        "--flat",
+        &image,
+        "-o",
+        d.to_str().unwrap_or_default(),
+    ])?;
+    assert_eq!(remade["reused"], false, "{remade}");
+    assert_eq!(remade["tree"]["reused"], false, "{remade}");
+    assert_eq!(std::fs::read(&d)?, bytes, "made again, the same archive");
+    assert!(links_file.is_file());
+
+    // Its hardlinks are the image's, and only those: identical files stay two files.
+    let layer_tar = archive_layer_tar(&bytes, first["layer"].as_str().unwrap_or_default())?;
+    assert_eq!(
+        tar_hardlinks(&layer_tar)?,
+        [("etc/passwd-link".to_owned(), "etc/passwd".to_owned())]
+    );
+    assert_eq!(first["hardlinks"], 1, "{first}");
+
     // skopeo reads it as an OCI archive, with one layer.
     let dir = m.path("skopeo-dir");
     shoal_tests::run(
@@ -433,6 +484,19 @@ fn export_flat_loads_in_engines_and_is_the_same_bytes_on_every_node() -> anyhow:
         Duration::from_secs(120),
     )?;
     assert_eq!(describe_tree(&bundle.join("rootfs"))?, describe_tree(&out)?);
+    // And it links what umoci's unpacking of the source image links.
+    let source = umoci_unpack(
+        &format!("{}/flat/export:v1", m.registry.addr),
+        &m.path("umoci-source"),
+        "v1",
+    )?;
+    let links = inode_groups(&source)?;
+    assert_eq!(
+        links,
+        [vec!["etc/passwd".to_owned(), "etc/passwd-link".to_owned()]].into(),
+        "the image's hardlinks, unpacked by umoci"
+    );
+    assert_eq!(inode_groups(&bundle.join("rootfs"))?, links);
 
     // podman loads it under the image's name, with the runtime settings kept.
     let podman = Podman::new(&m.path("podman"))?;

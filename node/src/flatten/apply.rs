@@ -38,6 +38,7 @@ use rustix::io::Errno;
 use tar::EntryType;
 
 use super::error::{Fail, FlattenError, IoContext, Problem};
+use super::links::Identities;
 use super::meta::{Meta, Mtime};
 use super::objects::{Linked, Objects};
 use super::path::{NameKind, TreePath, classify};
@@ -92,6 +93,8 @@ pub(crate) struct Flattener<'a> {
     report: FlattenReport,
     /// Every directory in the tree, by path, with what it takes at the end.
     dirs: BTreeMap<Vec<u8>, DirFinal>,
+    /// Which paths the image hardlinks together (see `links.rs`).
+    ids: Identities,
     /// Numbers temporary hardlink names.
     temps: u64,
     /// The directory the last entry was written in: tars list a directory's entries
@@ -123,6 +126,7 @@ impl<'a> Flattener<'a> {
             out,
             report: FlattenReport::default(),
             dirs,
+            ids: Identities::default(),
             temps: 0,
             last_parent: None,
         }
@@ -173,7 +177,8 @@ impl<'a> Flattener<'a> {
     }
 
     /// Sets every directory's mode and mtime, deepest first, and returns the report.
-    pub(crate) fn finish(self) -> Result<FlattenReport, FlattenError> {
+    pub(crate) fn finish(mut self) -> Result<FlattenReport, FlattenError> {
+        self.report.link_groups = std::mem::take(&mut self.ids).groups();
         let mut dirs: Vec<(TreePath, DirFinal)> = self
             .dirs
             .into_iter()
@@ -470,9 +475,15 @@ impl<'a> Flattener<'a> {
             return Err(Problem::LinkTargetDirectory { target: shown }.into());
         }
         let parent = self.parent_for_write(path)?;
+        // Taken before `path` is cleared, which may remove the target (a link over one
+        // of its own ancestors) and with it the target's record.
+        let id = self.ids.of(target.as_bytes());
         let existing = lstat_at(parent.as_fd(), name)?;
         if existing.is_some_and(|st| (st.st_dev, st.st_ino) == (target_st.st_dev, target_st.st_ino))
         {
+            // The same inode already (the path itself, an earlier link, or an
+            // identical file sharing the object): only the identity changes.
+            self.ids.set(path.as_bytes(), id);
             self.report.hardlinks += 1;
             return Ok(());
         }
@@ -485,6 +496,7 @@ impl<'a> Flattener<'a> {
             let _ = unlinkat(&parent, temp.as_str(), AtFlags::empty());
         }
         moved?;
+        self.ids.set(path.as_bytes(), id);
         self.report.hardlinks += 1;
         Ok(())
     }
@@ -598,9 +610,10 @@ impl<'a> Flattener<'a> {
         Ok(())
     }
 
-    /// Forgets the directories at and below a removed path.
+    /// Forgets the directories and identities at and below a removed path.
     fn forget(&mut self, path: &TreePath) {
         self.last_parent = None;
+        self.ids.forget(path.as_bytes());
         let key = path.as_bytes();
         self.dirs.remove(key);
         let lo = [key, b"/"].concat();

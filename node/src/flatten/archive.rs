@@ -17,7 +17,7 @@
 
 use std::io::{self, Read, Write};
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use serde_json::{Map, Value, json};
@@ -89,10 +89,12 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Writes the tree at `root` as the flat layer blob (gzip of its deterministic tar) to
-/// `out`. `progress` sees the tar bytes written so far.
+/// Writes the tree at `root`, whose image hardlinks the paths of each of `links`
+/// together, as the flat layer blob (gzip of its deterministic tar) to `out`.
+/// `progress` sees the tar bytes written so far.
 pub fn write_layer(
     root: &Path,
+    links: &[Vec<PathBuf>],
     out: &mut dyn Write,
     max_depth: usize,
     progress: &mut dyn FnMut(u64) -> ControlFlow<()>,
@@ -111,7 +113,7 @@ pub fn write_layer(
         hasher: DigestHasher::new(),
         bytes: 0,
     };
-    let stats = write_tree_tar(root, &mut tar, max_depth, progress)?;
+    let stats = write_tree_tar(root, links, &mut tar, max_depth, progress)?;
     let diff_id = tar.hasher.finish();
     let blob = tar.inner.finish().map_err(ExportError::Write)?;
     Ok(LayerBlob {

@@ -14,9 +14,12 @@
 //!   owner or size past the octal fields, an mtime with nanoseconds or before 1970, or
 //!   extended attributes (as `SCHILY.xattr.NAME`, sorted by name). Records come in a
 //!   fixed order.
-//! - Inodes the tree shares between paths become hardlink entries to the first path
-//!   written. Flattened trees share one object per distinct (content, metadata), so
-//!   identical files of an image come out hardlinked too, which is what the tree holds.
+//! - Hardlink entries only within the image's own hardlink groups (`links.rs`): the
+//!   first path of a group written is the file, each later one a hardlink to it. Every
+//!   other path is written as what it is, even when the tree shares its inode with
+//!   another: flattened trees share one object per distinct (content, metadata), and
+//!   two identical files of an image are still two files (an engine that extracts
+//!   into plain directories would otherwise let a write to one change the other).
 //! - `security.selinux` is left out: a host labels files itself, so it would make the
 //!   bytes depend on the host.
 //! - Two zero blocks end the archive; no record padding.
@@ -65,6 +68,16 @@ pub enum ExportError {
     /// Writing the tar failed.
     #[error("writing the layer failed: {0}")]
     Write(io::Error),
+    /// The hardlink groups name a path that is not the same file as the group's first.
+    #[error(
+        "{path} is a hardlink of {first} in the image but not in the tree (trees are read-only; was it written to?)"
+    )]
+    NotLinked {
+        /// The path in the tree.
+        path: String,
+        /// The first path of its group.
+        first: String,
+    },
     /// An entry has something no tar header can carry.
     #[error("{path}: {what} cannot be written in a layer tar")]
     Unrepresentable {
@@ -105,7 +118,7 @@ pub struct TarStats {
     pub dirs: u64,
     /// Symlinks.
     pub symlinks: u64,
-    /// Hardlink entries (later paths of a shared inode).
+    /// Hardlink entries (later paths of one of the image's hardlink groups).
     pub hardlinks: u64,
     /// Devices and FIFOs.
     pub specials: u64,
@@ -113,11 +126,14 @@ pub struct TarStats {
     pub tar_bytes: u64,
 }
 
-/// Writes the tree at `root` as a layer tar to `out`. `progress` is called with the tar
-/// bytes written so far, after each entry and every MiB of a large file; breaking it
-/// stops the export. `max_depth` bounds the walk (trees are built within it).
+/// Writes the tree at `root` as a layer tar to `out`, with hardlink entries within
+/// `links` (the image's hardlink groups, as the flatten that built the tree reported
+/// them) and nowhere else. `progress` is called with the tar bytes written so far,
+/// after each entry and every MiB of a large file; breaking it stops the export.
+/// `max_depth` bounds the walk (trees are built within it).
 pub fn write_tree_tar(
     root: &Path,
+    links: &[Vec<PathBuf>],
     out: &mut dyn Write,
     max_depth: usize,
     progress: &mut dyn FnMut(u64) -> ControlFlow<()>,
@@ -137,7 +153,15 @@ pub fn write_tree_tar(
         max_depth,
         progress,
         stats: TarStats::default(),
-        inodes: HashMap::new(),
+        groups: links
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| {
+                g.iter()
+                    .map(move |p| (p.as_os_str().as_bytes().to_vec(), i))
+            })
+            .collect(),
+        firsts: HashMap::new(),
         buf: vec![0u8; 256 << 10],
         last_progress: 0,
     };
@@ -152,8 +176,10 @@ struct Walk<'a> {
     max_depth: usize,
     progress: &'a mut dyn FnMut(u64) -> ControlFlow<()>,
     stats: TarStats,
-    /// The first path written of every inode with more than one link.
-    inodes: HashMap<(u64, u64), Vec<u8>>,
+    /// The hardlink group of each path that is in one.
+    groups: HashMap<Vec<u8>, usize>,
+    /// The first path written of each group, and its inode.
+    firsts: HashMap<usize, (Vec<u8>, (u64, u64))>,
     buf: Vec<u8>,
     last_progress: u64,
 }
@@ -211,14 +237,20 @@ impl Walk<'_> {
                 self.dir(child.as_fd(), &dir_path, depth + 1)?;
                 continue;
             }
-            if st.st_nlink > 1 {
+            if let Some(&group) = self.groups.get(&path) {
                 let inode = (st.st_dev, st.st_ino);
-                if let Some(first) = self.inodes.get(&inode).cloned() {
+                if let Some((first, first_inode)) = self.firsts.get(&group).cloned() {
+                    if first_inode != inode {
+                        return Err(ExportError::NotLinked {
+                            path: shown(&name),
+                            first: String::from_utf8_lossy(&first).into_owned(),
+                        });
+                    }
                     self.entry(&st, &path, b'1', 0, &first, &[])?;
                     self.stats.hardlinks += 1;
                     continue;
                 }
-                self.inodes.insert(inode, path.clone());
+                self.firsts.insert(group, (path.clone(), inode));
             }
             match kind {
                 FileType::RegularFile => self.file(dir, &name, &path, &st)?,

@@ -14,6 +14,9 @@
 //!   place; on any error it is removed and nothing is left at `out`. Objects written
 //!   before an error stay: they are valid content.
 //! - Sharing: a file that another tree already has costs a hardlink (see `objects.rs`).
+//! - The image's own hardlinks known apart from that sharing: the report lists which
+//!   paths the image links together (`links.rs`), so an export links those and only
+//!   those.
 //!
 //! # Non-goals
 //! - Decompression and digest checks: layers arrive as uncompressed tar streams the
@@ -29,12 +32,14 @@
 //!
 //! # Layout of the module
 //! The core knows nothing of the store: [`flatten`] (`apply.rs`, `stream.rs`,
-//! `tree.rs`, `objects.rs`, `meta.rs`, `path.rs`) builds a tree from tar streams, and
-//! `export.rs` and `archive.rs` write a tree back as a deterministic layer and a
+//! `tree.rs`, `objects.rs`, `meta.rs`, `path.rs`, `links.rs`) builds a tree from tar
+//! streams and says which of its paths the image hardlinks, and `export.rs` and
+//! `archive.rs` write a tree and those groups back as a deterministic layer and a
 //! single-layer OCI archive (headers by `ustar.rs`). The node's side reads images from
 //! the store (`source.rs`), keeps trees, exports and objects under `data_dir/flat/`
 //! (`service.rs`), prunes what GC let go (`prune.rs`), and mounts trees as overlay
-//! lower dirs (`mounts.rs`); `wire.rs` holds what goes between node and CLI.
+//! lower dirs (`mounts.rs`); `wire.rs` holds what goes between node and CLI and what
+//! the node keeps as JSON.
 
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -50,6 +55,7 @@ mod apply;
 pub mod archive;
 mod error;
 pub mod export;
+pub mod links;
 mod meta;
 pub mod mounts;
 mod objects;
@@ -70,9 +76,12 @@ mod tests;
 mod tests_export;
 #[cfg(test)]
 mod tests_hostile;
+#[cfg(test)]
+mod tests_links;
 
 pub use error::{FlattenError, Problem};
 pub use export::{ExportError, TarStats};
+pub use links::LinkGroups;
 pub use objects::Objects;
 pub use service::{Flat, FlatError, Reporter};
 
@@ -138,6 +147,9 @@ pub struct FlattenReport {
     pub object_bytes_new: u64,
     /// Files linked to an object that was already there.
     pub objects_reused: u64,
+    /// The image's hardlink groups: the paths of each file the image holds under
+    /// several names (not those that merely share an object), see `links.rs`.
+    pub link_groups: LinkGroups,
 }
 
 /// Applies `layers` (each an uncompressed layer tar stream, bottom layer first) into a

@@ -219,9 +219,10 @@ impl Flat {
         let src = source::load(node.store.as_ref(), &node.config, image, platform)?;
         let _leases = lease(node, &src);
         let _using = self.using();
-        let (tree, built) = self.ensure_tree(node, &src, reporter)?;
-        let mut tree_summary = summary_of(&src, &tree, built.is_none());
-        if let Some(report) = &built {
+        let found = self.ensure_tree(node, &src, reporter)?;
+        let tree = found.path;
+        let mut tree_summary = summary_of(&src, &tree, found.built.is_none());
+        if let Some(report) = &found.built {
             tree_summary.record(report);
         }
         let mut table = self.mounts.lock();

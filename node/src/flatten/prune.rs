@@ -1,8 +1,9 @@
 //! Pruning `data_dir/flat`: what GC let go of the store goes from here too.
 //!
-//! - A tree or an export is kept while the store holds an image record that is, or
-//!   points at, its manifest, or while a mount uses it. GC removes image records (never
-//!   a pinned one, so never a mounted one); the next prune removes their trees.
+//! - A tree (with its links file) or an export is kept while the store holds an image
+//!   record that is, or points at, its manifest, or while a mount uses it. GC removes
+//!   image records (never a pinned one, so never a mounted one); the next prune
+//!   removes their trees.
 //! - An object is kept while anything else links it: a tree or a `shoal flatten --out`
 //!   directory. One whose link count is 1 is held only by the objects directory, and
 //!   goes; deleting an `--out` directory is thus all it takes to give its files back.
@@ -21,7 +22,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, statat, unlinkat};
 use shoal_protocol::Digest;
 
-use super::service::{Flat, FlatError};
+use super::service::{Flat, FlatError, LINKS_SUFFIX};
 use super::tree::{file_type, list, remove_tree};
 use super::wire::PruneSummary;
 use crate::store::Store;
@@ -39,10 +40,13 @@ impl Flat {
             live.extend(record.refs);
         }
         let mounted: HashSet<String> = self.mounts.list().into_iter().map(|m| m.manifest).collect();
-        let keep = |name: &str| match format!("sha256:{name}").parse::<Digest>() {
-            Ok(d) => live.contains(&d) || mounted.contains(&d.to_string()),
-            // Not a tree or an export: leave it alone.
-            Err(_) => true,
+        let keep = |name: &str| {
+            let hex = name.strip_suffix(LINKS_SUFFIX).unwrap_or(name);
+            match format!("sha256:{hex}").parse::<Digest>() {
+                Ok(d) => live.contains(&d) || mounted.contains(&d.to_string()),
+                // Not a tree, a links file or an export: leave it alone.
+                Err(_) => true,
+            }
         };
         let mut summary = PruneSummary {
             trees: remove_unkept(&self.dir.join("trees"), &keep)?,
@@ -88,7 +92,8 @@ impl Flat {
     }
 }
 
-/// Removes the directories in `dir` that `keep` does not keep; returns how many.
+/// Removes what `keep` does not keep in `dir` (directories and files); returns how many
+/// directories went.
 fn remove_unkept(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<u64, FlatError> {
     let fd = rustix::fs::open(
         dir,
@@ -97,11 +102,24 @@ fn remove_unkept(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<u64, FlatErr
     )
     .map_err(|e| FlatError::io("open", dir)(e.into()))?;
     let mut removed = 0;
-    for (name, _) in list(fd.as_fd()).map_err(FlatError::io("list", dir))? {
+    for (name, kind) in list(fd.as_fd()).map_err(FlatError::io("list", dir))? {
         let Ok(text) = std::str::from_utf8(&name) else {
             continue;
         };
         if keep(text) {
+            continue;
+        }
+        let is_dir = match kind {
+            FileType::Directory => true,
+            FileType::Unknown => statat(&fd, &name[..], AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| file_type(&st) == FileType::Directory),
+            _ => false,
+        };
+        if !is_dir {
+            match unlinkat(&fd, &name[..], AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(FlatError::io("remove", &dir.join(text))(e.into())),
+            }
             continue;
         }
         match remove_tree(fd.as_fd(), &name) {

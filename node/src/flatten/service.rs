@@ -6,22 +6,27 @@
 //! ```text
 //! flat/objects/ab/abcd…        read-only files, one per distinct content + metadata
 //! flat/trees/<manifest hex>/   an image's flat tree (files hardlinked to objects)
+//! flat/trees/<hex>.links.json  its hardlink groups (`links.rs`), which the tree
+//!                              cannot tell apart from files sharing an object
 //! flat/exports/<manifest hex>/ layer.tar.gz, config.json, manifest.json, export.json
 //! flat/mounts/<id>/upper|work  each mount's own overlay upper and work dirs
 //! flat/mounts.json             the mount table
 //! ```
 //!
 //! Trees and exports appear whole or not at all (built beside their final name and
-//! renamed into place); what a crash leaves half built (`*.partial-*`, object temp
-//! files) is removed when the node starts. Builds of trees and exports run one at a
-//! time: they are disk-bound, and two requests for one image must build it once. Every
-//! blob an operation reads is leased for as long as it runs, so GC cannot take it; what
-//! GC has let go is pruned from here in turn (`prune.rs`).
+//! renamed into place, a tree's links file written before the tree is); what a crash
+//! leaves half built (`*.partial-*`, object temp files) is removed when the node
+//! starts. A tree without its links file, or an export of an older
+//! [`EXPORT_VERSION`], was made by an older shoal and is made again. Builds of trees
+//! and exports run one at a time: they are disk-bound, and two requests for one image
+//! must build it once. Every blob an operation reads is leased for as long as it runs,
+//! so GC cannot take it; what GC has let go is pruned from here in turn (`prune.rs`).
 
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::ops::ControlFlow;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -32,10 +37,11 @@ use shoal_protocol::Digest;
 
 use super::archive::{self, ArchiveParts, ConfigError};
 use super::export::ExportError;
+use super::links::{self, LinkGroups};
 use super::mounts::{MountError, Mounts};
 use super::source::{self, SourceError, SourceImage};
 use super::tree::{open_child_dir, remove_tree};
-use super::wire::{ExportSummary, FlatProgress, FlattenSummary};
+use super::wire::{EXPORT_VERSION, ExportSummary, FlatProgress, FlattenSummary};
 use super::{FlattenError, FlattenLimits, FlattenReport, Objects, flatten};
 use crate::gc::leases::Lease;
 use crate::node::Node;
@@ -43,6 +49,8 @@ use crate::store::StoreError;
 
 /// How often progress is sent.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// What a tree's links file adds to the tree's name.
+pub(super) const LINKS_SUFFIX: &str = ".links.json";
 /// Mode of the flat directories: trees hold setuid files and objects.
 const PRIVATE_DIR: u32 = 0o700;
 
@@ -115,6 +123,17 @@ impl FlatError {
         let path = path.display().to_string();
         move |source| FlatError::Io { op, path, source }
     }
+}
+
+/// An image's tree in `flat/trees`.
+#[derive(Debug)]
+pub(super) struct TreeRef {
+    /// Where it is.
+    pub(super) path: PathBuf,
+    /// The image's hardlink groups.
+    pub(super) links: LinkGroups,
+    /// What the flatten did, if the tree was built now.
+    pub(super) built: Option<FlattenReport>,
 }
 
 /// Progress of one operation, sent at most every [`PROGRESS_EVERY`].
@@ -243,6 +262,22 @@ impl Flat {
         self.dir.join("trees").join(manifest.hex())
     }
 
+    /// The hardlink groups kept beside the tree at `tree`.
+    fn links_path(tree: &Path) -> PathBuf {
+        let mut name = tree.as_os_str().to_owned();
+        name.push(LINKS_SUFFIX);
+        PathBuf::from(name)
+    }
+
+    /// The hardlink groups of the tree at `tree`, if the tree is there with a links
+    /// file this shoal reads.
+    fn tree_links(tree: &Path) -> Option<LinkGroups> {
+        if !tree.is_dir() {
+            return None;
+        }
+        links::decode(&std::fs::read(Self::links_path(tree)).ok()?)
+    }
+
     fn export_path(&self, manifest: &Digest) -> PathBuf {
         self.dir.join("exports").join(manifest.hex())
     }
@@ -311,24 +346,72 @@ impl Flat {
         })
     }
 
-    /// The tree of `src`, built now if it is not there yet; the report if it was built.
+    /// The tree of `src`, built now if it is not there yet (or has no links file).
     pub(super) fn ensure_tree(
         &self,
         node: &Node,
         src: &SourceImage,
         reporter: &mut Reporter<'_>,
-    ) -> Result<(PathBuf, Option<FlattenReport>), FlatError> {
+    ) -> Result<TreeRef, FlatError> {
         let path = self.tree_path(&src.manifest);
-        if path.is_dir() {
-            return Ok((path, None));
+        let found = |links| TreeRef {
+            path: path.clone(),
+            links,
+            built: None,
+        };
+        if let Some(links) = Self::tree_links(&path) {
+            return Ok(found(links));
         }
         let _building = self.builds();
-        if path.is_dir() {
-            return Ok((path, None));
+        if let Some(links) = Self::tree_links(&path) {
+            return Ok(found(links));
         }
-        let report = self.build(node, src, &path, reporter)?;
-        tracing::info!(image = %src.image, manifest = %src.manifest, files = report.files, objects_new = report.objects_new, "flat tree built");
-        Ok((path, Some(report)))
+        let partial = self.partial(&path);
+        let report = self.build(node, src, &partial, reporter)?;
+        let placed = self.place_tree(src, &partial, &path, &report.link_groups);
+        if placed.is_err() {
+            // Best effort: a leftover is removed at the next start anyway.
+            let _ = remove_path(&partial);
+        }
+        placed?;
+        tracing::info!(image = %src.image, manifest = %src.manifest, files = report.files, objects_new = report.objects_new, link_groups = report.link_groups.len(), "flat tree built");
+        Ok(TreeRef {
+            path,
+            links: report.link_groups.clone(),
+            built: Some(report),
+        })
+    }
+
+    /// Moves the tree just built at `partial` to `path`, its links file first. A tree
+    /// already at `path` has no links file (an older shoal built it) and is replaced,
+    /// unless a mount uses it as its lower dir: then it stays (the new tree has the
+    /// same files; only the links were missing) and only the links file is written.
+    fn place_tree(
+        &self,
+        src: &SourceImage,
+        partial: &Path,
+        path: &Path,
+        groups: &[Vec<PathBuf>],
+    ) -> Result<(), FlatError> {
+        let links_path = Self::links_path(path);
+        let manifest = src.manifest.to_string();
+        let stale = path.symlink_metadata().is_ok();
+        let mounted = stale && self.mounts.list().iter().any(|m| m.manifest == manifest);
+        if stale && !mounted {
+            remove_path(&links_path).map_err(FlatError::io("remove", &links_path))?;
+            remove_path(path).map_err(FlatError::io("remove the older tree", path))?;
+            tracing::info!(image = %src.image, manifest = %src.manifest, "a tree without hardlink groups (built by an older shoal) is built again");
+        }
+        let links_partial = self.partial(&links_path);
+        std::fs::write(&links_partial, links::encode(groups))
+            .map_err(FlatError::io("write", &links_partial))?;
+        std::fs::rename(&links_partial, &links_path)
+            .map_err(FlatError::io("rename into place", &links_path))?;
+        if mounted {
+            tracing::info!(image = %src.image, manifest = %src.manifest, "a mounted tree without hardlink groups (built by an older shoal) is kept; its groups are written beside it");
+            return remove_path(partial).map_err(FlatError::io("remove", partial));
+        }
+        std::fs::rename(partial, path).map_err(FlatError::io("rename into place", path))
     }
 
     /// `shoal flatten IMAGE --out DIR`: applies the image's layers straight into `out`
@@ -384,9 +467,9 @@ impl Flat {
                 summary_of(&src, &self.tree_path(&src.manifest), true),
             ),
             None => {
-                let (tree, built) = self.ensure_tree(node, &src, reporter)?;
-                let mut tree_summary = summary_of(&src, &tree, built.is_none());
-                if let Some(report) = &built {
+                let tree = self.ensure_tree(node, &src, reporter)?;
+                let mut tree_summary = summary_of(&src, &tree.path, tree.built.is_none());
+                if let Some(report) = &tree.built {
                     tree_summary.record(report);
                 }
                 let _building = self.builds();
@@ -406,14 +489,22 @@ impl Flat {
         Ok(summary)
     }
 
-    /// Writes the export cache entry of `src` from its tree.
+    /// Writes the export cache entry of `src` from its tree, replacing one an older
+    /// shoal wrote.
     fn write_export(
         &self,
         src: &SourceImage,
-        tree: &Path,
+        tree: &TreeRef,
         dir: &Path,
         reporter: &mut Reporter<'_>,
     ) -> Result<ExportSummary, FlatError> {
+        if dir.symlink_metadata().is_ok() {
+            // Moved aside first: a download may have the layer open, and keeps reading it.
+            let old = self.partial(dir);
+            std::fs::rename(dir, &old).map_err(FlatError::io("move aside", dir))?;
+            remove_path(&old).map_err(FlatError::io("remove", &old))?;
+            tracing::info!(image = %src.image, manifest = %src.manifest, "an export written by an older shoal is written again");
+        }
         let partial = self.partial(dir);
         let result = (|| {
             private_dir(&partial)?;
@@ -424,11 +515,13 @@ impl Flat {
             reporter.stage("layer blob", src.layers.len() as u64, 0);
             let max_depth = FlattenLimits::default().max_depth;
             let layer =
-                archive::write_layer(tree, &mut out, max_depth, &mut |bytes| reporter.done(bytes))
-                    .map_err(|source| match source {
-                        ExportError::Cancelled => FlatError::Cancelled,
-                        source => FlatError::Export { source },
-                    })?;
+                archive::write_layer(&tree.path, &tree.links, &mut out, max_depth, &mut |bytes| {
+                    reporter.done(bytes)
+                })
+                .map_err(|source| match source {
+                    ExportError::Cancelled => FlatError::Cancelled,
+                    source => FlatError::Export { source },
+                })?;
             let file = out
                 .into_inner()
                 .map_err(|e| FlatError::io("write", &layer_path)(e.into_error()))?;
@@ -447,6 +540,7 @@ impl Flat {
                 entries: layer.stats.entries,
                 files: layer.stats.files,
                 hardlinks: layer.stats.hardlinks,
+                version: EXPORT_VERSION,
                 ..ExportSummary::default()
             };
             // The summary is only JSON of plain values: it serialises.
@@ -542,10 +636,37 @@ fn layer_of(e: &FlattenError) -> Option<usize> {
     }
 }
 
-/// The cached summary of a finished export, if there is one.
+/// The cached summary of a finished export, if there is one of this shoal's
+/// [`EXPORT_VERSION`].
 fn read_summary(dir: &Path) -> Option<ExportSummary> {
     let bytes = std::fs::read(dir.join("export.json")).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    serde_json::from_slice(&bytes)
+        .ok()
+        .filter(|s: &ExportSummary| s.version == EXPORT_VERSION)
+}
+
+/// Removes what is at `path`: a directory by descriptors (see `tree.rs`), anything
+/// else unlinked. Nothing there is fine.
+fn remove_path(path: &Path) -> io::Result<()> {
+    let (parent, name) = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => (parent, name.as_bytes()),
+        _ => return Err(io::ErrorKind::InvalidInput.into()),
+    };
+    let dir = rustix::fs::open(
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let removed = match open_child_dir(dir.as_fd(), name) {
+        Ok(_) => remove_tree(dir.as_fd(), name),
+        Err(_) => {
+            rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty()).map_err(Into::into)
+        }
+    };
+    match removed {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Creates `dir` if missing and makes it private.

@@ -1,6 +1,6 @@
 //! What `shoal flatten`, `mount`, `umount`, `mounts` and `export --flat` send between
-//! node and CLI (job progress and reports, as JSON), what a prune reports, and the
-//! mount table's state file.
+//! node and CLI (job progress and reports, as JSON), what a prune reports, the mount
+//! table's state file, and the hardlink groups kept beside a tree.
 //! Kept apart from the domain types ([`super::FlattenReport`], [`super::TarStats`]) so
 //! that these formats change only on purpose; new fields get `#[serde(default)]`.
 
@@ -167,11 +167,19 @@ pub struct ExportSummary {
     pub archive_size: u64,
     /// Whether the layer was already made by an earlier export.
     pub reused: bool,
+    /// The flat layer's format ([`EXPORT_VERSION`] for one this shoal wrote; an
+    /// export of another is written again).
+    #[serde(default)]
+    pub version: u32,
     /// The tree it was made from.
     pub tree: FlattenSummary,
     /// Seconds it took.
     pub seconds: f64,
 }
+
+/// Version of the flat layer an export writes: 1 since hardlink entries are only the
+/// image's own (before, identical files came out hardlinked too).
+pub const EXPORT_VERSION: u32 = 1;
 
 /// What a prune of the flat directory removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,4 +192,46 @@ pub struct PruneSummary {
     pub objects: u64,
     /// Bytes of content in them.
     pub object_bytes: u64,
+}
+
+/// Version of [`LinksFile`] this shoal writes and reads.
+pub const LINKS_VERSION: u32 = 1;
+
+/// A tree's hardlink groups (`flat/trees/<hex>.links.json`): the paths of each file
+/// the image holds under several names. A tree without one (or with another version)
+/// was built by an older shoal and is built again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinksFile {
+    /// Format version: [`LINKS_VERSION`].
+    pub version: u32,
+    /// The groups, each in the order an export writes its paths.
+    pub groups: Vec<Vec<WirePath>>,
+}
+
+/// A path in a tree: a string when it is UTF-8, else its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WirePath {
+    /// A UTF-8 path.
+    Text(String),
+    /// Any other path, byte by byte.
+    Bytes(Vec<u8>),
+}
+
+impl WirePath {
+    /// The path of these bytes.
+    pub fn from_bytes(bytes: &[u8]) -> WirePath {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => WirePath::Text(text.to_owned()),
+            Err(_) => WirePath::Bytes(bytes.to_vec()),
+        }
+    }
+
+    /// Its bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            WirePath::Text(text) => text.into_bytes(),
+            WirePath::Bytes(bytes) => bytes,
+        }
+    }
 }
