@@ -114,7 +114,8 @@ async fn run(
     match &top.manifest.kind {
         ManifestKind::Image { .. } => images.push(top.manifest.clone()),
         ManifestKind::Index { manifests } => {
-            let wanted = platform.map_or_else(default_platform, str::to_owned);
+            let wanted =
+                platform.map_or_else(crate::flatten::source::default_platform, str::to_owned);
             let chosen: Vec<_> = manifests
                 .iter()
                 .filter(|m| wanted == "all" || m.platform.as_deref() == Some(wanted.as_str()))
@@ -222,17 +223,6 @@ async fn fetch_blob(
         "blob {digest} ended after {got} of {size} bytes"
     );
     Ok(())
-}
-
-/// The platform an index entry must have for this host: `linux/amd64`, `linux/arm64`.
-fn default_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    };
-    format!("linux/{arch}")
 }
 
 /// The `pull` pin, removed when the pull ends.

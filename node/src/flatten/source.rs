@@ -135,7 +135,7 @@ impl SourceImage {
 }
 
 /// The platform an index entry must have for this host: `linux/amd64`, `linux/arm64`
-/// (as `shoal pull` chooses).
+/// (what `shoal pull` and flatten choose when not told).
 pub fn default_platform() -> String {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
