@@ -130,8 +130,56 @@ fn a_warm_node_serves_a_private_image_only_to_clients_the_origin_accepts() -> an
         fetches,
         "served from the store"
     );
+    Ok(())
+}
 
-    // The layer-tar endpoint, which bypasses the pull API, answers only local root;
-    // this test runs as root, so it is allowed here (peer.rs's tests cover refusal).
+#[test]
+fn endpoints_that_change_the_store_answer_only_root_on_the_host() -> anyhow::Result<()> {
+    let m = shoal_tests::fixture::Mirror::start(&[])?;
+    // `curl` as user nobody, then as root (this test's user).
+    let status = |as_nobody: bool, method: &str, path: &str| -> anyhow::Result<String> {
+        let url = format!("{}{path}", m.node.url());
+        let mut cmd = if as_nobody {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "nobody", "--", "curl"]);
+            c
+        } else {
+            std::process::Command::new("curl")
+        };
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+            &url,
+        ]);
+        let out = shoal_tests::run(&mut cmd, std::time::Duration::from_secs(30))?;
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    for (method, path) in [
+        ("POST", "/_shoal/gc?dry_run=true"),
+        ("POST", "/_shoal/fsck"),
+        ("POST", "/_shoal/pull?image=x/y:z"),
+        ("POST", "/_shoal/flat/prune"),
+    ] {
+        assert_eq!(
+            status(true, method, path)?,
+            "403",
+            "{method} {path} as nobody"
+        );
+    }
+    assert_eq!(
+        status(true, "GET", "/_shoal/stats")?,
+        "200",
+        "read-only figures"
+    );
+    assert_eq!(
+        status(false, "POST", "/_shoal/gc?dry_run=true")?,
+        "200",
+        "root"
+    );
     Ok(())
 }

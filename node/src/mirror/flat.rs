@@ -12,15 +12,15 @@
 //! - `POST /_shoal/flat/prune`: removes trees, exports and objects nothing needs
 //!   (JSON; the node also does it hourly).
 //!
-//! The first three write to or mount on a path the client names, as root, so they
-//! answer only root on this host (`peer.rs`).
+//! All but the mount list write to or mount on a path the client names, as root, or
+//! hand out content, so the router lets them answer only root on this host
+//! (`peer.rs`, applied in `mirror/mod.rs`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -39,7 +39,7 @@ use crate::node::Node;
 /// Longest image name an archive may be given.
 const MAX_NAME: usize = 1024;
 
-use super::peer::{local_root, refuse};
+use super::peer::refuse;
 
 /// Runs `f` on the blocking pool as a job reporting [`FlatProgress`].
 fn job<R: Serialize + Send + 'static>(
@@ -79,12 +79,8 @@ pub(super) struct FlattenQuery {
 /// `POST /_shoal/flat/flatten`.
 pub(super) async fn flatten(
     State(node): State<Arc<Node>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<FlattenQuery>,
 ) -> Response {
-    if let Some(r) = local_root(&node, peer, "flatten into a directory") {
-        return r;
-    }
     job(node, "flatten", q.image.clone(), move |node, reporter| {
         node.flat
             .flatten_to(node, &q.image, q.platform.as_deref(), &q.out, reporter)
@@ -99,14 +95,7 @@ pub(super) struct MountQuery {
 }
 
 /// `POST /_shoal/flat/mount`.
-pub(super) async fn mount(
-    State(node): State<Arc<Node>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<MountQuery>,
-) -> Response {
-    if let Some(r) = local_root(&node, peer, "mount") {
-        return r;
-    }
+pub(super) async fn mount(State(node): State<Arc<Node>>, Query(q): Query<MountQuery>) -> Response {
     job(node, "mount", q.image.clone(), move |node, reporter| {
         node.flat
             .mount(node, &q.image, q.platform.as_deref(), &q.target, reporter)
@@ -121,12 +110,8 @@ pub(super) struct UmountQuery {
 /// `POST /_shoal/flat/umount`.
 pub(super) async fn umount(
     State(node): State<Arc<Node>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<UmountQuery>,
 ) -> Response {
-    if let Some(r) = local_root(&node, peer, "unmount") {
-        return r;
-    }
     let done = tokio::task::spawn_blocking(move || node.flat.umount(&node, &q.target)).await;
     match done {
         Ok(Ok(record)) => axum::Json(record).into_response(),
