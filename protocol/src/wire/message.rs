@@ -7,7 +7,8 @@ use bytes::Bytes;
 use super::error::InvalidMessage;
 use super::payload::PIECE_PREFIX;
 use super::{
-    MAX_HAVE, MAX_IMAGE_LEN, MAX_MAP_PIECES, MAX_PEER_ID_LEN, MAX_REQUEST_PIECES, MAX_TEXT_LEN,
+    MAX_HAVE, MAX_IMAGE_LEN, MAX_MAP_PIECES, MAX_MEDIA_TYPE_LEN, MAX_NAME_LEN, MAX_PEER_ID_LEN,
+    MAX_REQUEST_PIECES, MAX_TAG_LEN, MAX_TEXT_LEN,
 };
 use crate::digest::Digest;
 use crate::piece::{PIECE_SIZE, PieceId, PieceLayout};
@@ -32,6 +33,12 @@ pub enum Kind {
     PieceUnavailable = 0x14,
     /// [`Message::Have`].
     Have = 0x15,
+    /// [`Message::Fetch`].
+    Fetch = 0x16,
+    /// [`Message::TagRequest`].
+    TagRequest = 0x17,
+    /// [`Message::Tag`].
+    Tag = 0x18,
     /// [`Message::SeedOrder`].
     SeedOrder = 0x20,
     /// [`Message::SeedStatus`].
@@ -44,7 +51,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind of wire version 1.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 15] = [
         Kind::FleetChallenge,
         Kind::FleetProof,
         Kind::BlobMapRequest,
@@ -53,6 +60,9 @@ impl Kind {
         Kind::Piece,
         Kind::PieceUnavailable,
         Kind::Have,
+        Kind::Fetch,
+        Kind::TagRequest,
+        Kind::Tag,
         Kind::SeedOrder,
         Kind::SeedStatus,
         Kind::Error,
@@ -75,6 +85,9 @@ impl Kind {
             Kind::Piece => "Piece",
             Kind::PieceUnavailable => "PieceUnavailable",
             Kind::Have => "Have",
+            Kind::Fetch => "Fetch",
+            Kind::TagRequest => "TagRequest",
+            Kind::Tag => "Tag",
             Kind::SeedOrder => "SeedOrder",
             Kind::SeedStatus => "SeedStatus",
             Kind::Error => "Error",
@@ -179,6 +192,19 @@ wire_codes!(
     Internal = 5
 );
 
+/// What a tag resolved to, in a [`Message::Tag`]: a wire type, not the node's record of
+/// it (which the node builds from this after its own checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagResolution {
+    /// The manifest (or index) the tag named.
+    pub digest: Digest,
+    /// The manifest's media type as the registry served it (1 to `MAX_MEDIA_TYPE_LEN`
+    /// bytes).
+    pub media_type: String,
+    /// When the responder resolved it, in seconds since the Unix epoch (its own clock).
+    pub resolved_at: u64,
+}
+
 /// One message of the peer-to-peer protocol. See the [module docs](super) for the
 /// exchanges they make up and the layout of each.
 #[derive(Clone, PartialEq, Eq)]
@@ -249,6 +275,42 @@ pub enum Message {
         /// The blobs (1 to `MAX_HAVE`).
         digests: Vec<Digest>,
     },
+    /// Names the receiver the fleet's fetcher for a blob: it fetches the blob from the
+    /// origin unless it holds it, and serves its pieces as they land. Answered by a
+    /// `BlobMap` page at start 0 once the receiver knows the blob's size, or a
+    /// `PieceUnavailable` at index 0.
+    Fetch {
+        /// The blob.
+        digest: Digest,
+        /// The size the asker expects, from the manifest's descriptor (0: unknown).
+        size: u64,
+        /// The registry host as nodes name it, e.g. `127.0.0.1:5000` or `docker.io` (1
+        /// to `MAX_NAME_LEN` bytes).
+        upstream: String,
+        /// The repository the blob belongs to in that registry (1 to `MAX_NAME_LEN`
+        /// bytes).
+        repo: String,
+    },
+    /// Asks what a tag last resolved to on the receiver; answered by a `Tag`.
+    TagRequest {
+        /// The registry host (1 to `MAX_NAME_LEN` bytes).
+        upstream: String,
+        /// The repository (1 to `MAX_NAME_LEN` bytes).
+        repo: String,
+        /// The tag (1 to `MAX_TAG_LEN` bytes).
+        tag: String,
+    },
+    /// Answers a `TagRequest`: the question echoed, and what the tag resolved to.
+    Tag {
+        /// The registry host, as asked.
+        upstream: String,
+        /// The repository, as asked.
+        repo: String,
+        /// The tag, as asked.
+        tag: String,
+        /// The sender's last resolution of the tag, or `None` if it never resolved it.
+        resolved: Option<TagResolution>,
+    },
     /// Orders the receiver to fetch and pin an image (fleet seeding).
     SeedOrder {
         /// The order's id, chosen by the issuing node, echoed in every status.
@@ -302,6 +364,9 @@ impl Message {
             Message::Piece { .. } => Kind::Piece,
             Message::PieceUnavailable { .. } => Kind::PieceUnavailable,
             Message::Have { .. } => Kind::Have,
+            Message::Fetch { .. } => Kind::Fetch,
+            Message::TagRequest { .. } => Kind::TagRequest,
+            Message::Tag { .. } => Kind::Tag,
             Message::SeedOrder { .. } => Kind::SeedOrder,
             Message::SeedStatus { .. } => Kind::SeedStatus,
             Message::Error { .. } => Kind::Error,
@@ -360,6 +425,27 @@ impl Message {
                 }
             }
             Message::Have { digests } => length("digests", digests.len(), 1, MAX_HAVE)?,
+            Message::Fetch { upstream, repo, .. } => names(upstream, repo)?,
+            Message::TagRequest {
+                upstream,
+                repo,
+                tag,
+            } => {
+                names(upstream, repo)?;
+                length("tag", tag.len(), 1, MAX_TAG_LEN)?;
+            }
+            Message::Tag {
+                upstream,
+                repo,
+                tag,
+                resolved,
+            } => {
+                names(upstream, repo)?;
+                length("tag", tag.len(), 1, MAX_TAG_LEN)?;
+                if let Some(r) = resolved {
+                    length("media_type", r.media_type.len(), 1, MAX_MEDIA_TYPE_LEN)?;
+                }
+            }
             Message::SeedOrder {
                 image, origin_node, ..
             } => {
@@ -388,6 +474,12 @@ impl Message {
         }
         Ok(())
     }
+}
+
+/// The registry host and repository of a `Fetch`, `TagRequest` or `Tag`.
+fn names(upstream: &str, repo: &str) -> Result<(), InvalidMessage> {
+    length("upstream", upstream.len(), 1, MAX_NAME_LEN)?;
+    length("repo", repo.len(), 1, MAX_NAME_LEN)
 }
 
 fn length(field: &'static str, len: usize, min: usize, max: usize) -> Result<(), InvalidMessage> {
@@ -470,6 +562,34 @@ impl fmt::Debug for DebugView<'_> {
                 .field("index", index)
                 .field("reason", reason),
             Message::Have { digests } => s.field("digests", digests),
+            Message::Fetch {
+                digest,
+                size,
+                upstream,
+                repo,
+            } => s
+                .field("digest", digest)
+                .field("size", size)
+                .field("upstream", upstream)
+                .field("repo", repo),
+            Message::TagRequest {
+                upstream,
+                repo,
+                tag,
+            } => s
+                .field("upstream", upstream)
+                .field("repo", repo)
+                .field("tag", tag),
+            Message::Tag {
+                upstream,
+                repo,
+                tag,
+                resolved,
+            } => s
+                .field("upstream", upstream)
+                .field("repo", repo)
+                .field("tag", tag)
+                .field("resolved", resolved),
             Message::SeedOrder {
                 id,
                 image,

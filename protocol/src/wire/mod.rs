@@ -50,7 +50,8 @@
 //!   as soon as the prefix (or the kind byte) arrives, before buffering anything.
 //! - `payload` is the postcard encoding of the message's fields in the order listed
 //!   below (integers are varints, `[u8; 32]` is 32 raw bytes, sequences and strings
-//!   are a varint count then the items), except for a piece, whose payload is
+//!   are a varint count then the items, strings must be UTF-8, an `Option` is a byte 0
+//!   or 1 then the value if 1), except for a piece, whose payload is
 //!   `digest[32] index:u32le bytes`. A payload must be used up exactly; trailing bytes
 //!   are an error, so a field cannot be added without a new version.
 //!
@@ -66,6 +67,9 @@
 //! | `0x13` | [`Piece`](Message::Piece) | `digest[32]`, `index:u32le`, raw bytes (not postcard) | 1 to [`PIECE_SIZE`](crate::PIECE_SIZE) bytes |
 //! | `0x14` | [`PieceUnavailable`](Message::PieceUnavailable) | `digest`, `index:u32`, `reason:u8` | known reason |
 //! | `0x15` | [`Have`](Message::Have) | `digests:[[32]]` | 1 to [`MAX_HAVE`] digests |
+//! | `0x16` | [`Fetch`](Message::Fetch) | `digest`, `size:u64`, `upstream:str`, `repo:str` | upstream and repo 1 to [`MAX_NAME_LEN`] bytes |
+//! | `0x17` | [`TagRequest`](Message::TagRequest) | `upstream:str`, `repo:str`, `tag:str` | upstream and repo 1 to [`MAX_NAME_LEN`] bytes; tag 1 to [`MAX_TAG_LEN`] bytes |
+//! | `0x18` | [`Tag`](Message::Tag) | `upstream`, `repo`, `tag`, `resolved:Option<(digest, media_type:str, resolved_at:u64)>` | as `TagRequest`; media type 1 to [`MAX_MEDIA_TYPE_LEN`] bytes |
 //! | `0x20` | [`SeedOrder`](Message::SeedOrder) | `id:u64`, `image:str`, `pin_ttl_secs:u64`, `origin_node:bytes` | image 1 to [`MAX_IMAGE_LEN`] bytes; origin 1 to [`MAX_PEER_ID_LEN`] bytes |
 //! | `0x21` | [`SeedStatus`](Message::SeedStatus) | `id:u64`, `state:u8`, `bytes_done`, `bytes_total`, `from_origin`, `from_peers:u64`, `detail:str` | known state; done ≤ total; detail ≤ [`MAX_TEXT_LEN`] |
 //! | `0x30` | [`Error`](Message::Error) | `code:u8`, `message:str` | known code; message ≤ [`MAX_TEXT_LEN`] |
@@ -101,21 +105,43 @@
 //!    request before the answers end (pipelining); answers still come in order, so a
 //!    stream needs no request ids.
 //! 4. **Have**: one-way, after a blob is complete and verified; no answer.
-//! 5. **Seeding**: `SeedOrder` → `SeedStatus` updates for that `id`, ending with state
+//! 5. **Fetch**: `Fetch { digest, size, upstream, repo }` names the receiver the
+//!    fleet's designated fetcher for a blob (which node that is, is the node's policy):
+//!    it fetches the blob from `upstream`'s `repo` unless it holds it, and serves its
+//!    pieces as they land. Once it knows the blob's size (from its store or the
+//!    origin's response) it answers `BlobMap { digest, start: 0, .. }` with the pieces
+//!    it holds by then, possibly none; or `PieceUnavailable { digest, index: 0, reason:
+//!    UnknownBlob | Busy }` (`UnknownBlob`: it cannot fetch the blob, e.g. `upstream`
+//!    is not configured there); or an `Error`. The asker then goes on as in exchanges 2
+//!    and 3: it asks for pieces (one not landed yet is `PieceUnavailable` `NotHeld`,
+//!    to ask again later) and for further or fresher map pages. The piece ids of these
+//!    maps are hints like any map's, all the more since the fetcher serves pieces
+//!    before it can check the blob's sha256: the asker checks each piece by BLAKE3
+//!    against its id, and the assembled blob by sha256 against `digest`. `size` is a
+//!    hint as well; the map carries the size the fetcher found, which the asker checks
+//!    against its descriptor.
+//! 6. **Tags**: `TagRequest { upstream, repo, tag }` → `Tag` with the same three
+//!    fields and `resolved`: the digest and media type the tag last resolved to on the
+//!    responder, and when, or `None` if it never resolved it. An answer is a hint
+//!    (how old a resolution may be is the asker's policy); the manifest it names is
+//!    still checked against its digest when fetched.
+//! 7. **Seeding**: `SeedOrder` → `SeedStatus` updates for that `id`, ending with state
 //!    `Complete` or `Failed`.
-//! 6. **Ending**: `Bye` says the sender will send nothing more; `Error` says why it
+//! 8. **Ending**: `Bye` says the sender will send nothing more; `Error` says why it
 //!    stops, and the sender then closes the stream.
 //!
 //! # What a receiver checks
 //!
 //! [`decode`] returns only messages whose frame and fields pass the rules above. The
 //! node then checks what only it can know: that an answer is for a question it asked
-//! (digest, index, order); that a piece's length is the one its
-//! [`PieceLayout`](crate::PieceLayout) gives for that index and that its bytes match
-//! the piece id before they are stored or passed on; that a map's `size` matches the
+//! (digest, index, the names a `Tag` echoes, order); that a piece's length is the one
+//! its [`PieceLayout`](crate::PieceLayout) gives for that index and that its bytes
+//! match the piece id before they are stored or passed on; that a map's `size` matches the
 //! blob's descriptor; that piece ids learnt from a peer are only hints until the
 //! assembled blob matches its sha256 (a peer that sent a bad piece or id is dropped);
-//! that text fields are untrusted (log them quoted).
+//! that an `upstream`, `repo` or `tag` parses as a registry host, a repository name or
+//! a tag (see [`reference`](crate::reference)) before it is used, and that the node is
+//! configured for that upstream; that text fields are untrusted (log them quoted).
 //!
 //! # Versioning
 //!
@@ -134,6 +160,9 @@
 //!   of a higher version. The challenge's own layout (version 1, kind 1) is frozen so
 //!   that any two shoal versions can at least negotiate.
 //!
+//! Version 1 was extended with `Fetch`, `TagRequest` and `Tag` (`0x16` to `0x18`)
+//! before its release, when no node spoke it yet; from its release on it is frozen.
+//!
 //! Encodings are not canonical (postcard accepts overlong varints): compare messages,
 //! never frames' bytes, and never MAC a frame.
 
@@ -144,6 +173,8 @@ mod handshake;
 mod message;
 mod payload;
 
+#[cfg(test)]
+mod bound_tests;
 #[cfg(test)]
 mod handshake_tests;
 #[cfg(test)]
@@ -158,7 +189,7 @@ pub use error::{InvalidMessage, WireError};
 pub use fleet::{FleetId, FleetKey, FleetKeyError, MAX_KEY_FILE_LEN, MIN_PASSPHRASE_LEN};
 pub use frame::{Decoded, decode, decode_bytes, encode, encode_piece_header};
 pub use handshake::{Handshake, Role, Step, Verified};
-pub use message::{ErrorCode, Kind, Message, SeedState, Unavailable};
+pub use message::{ErrorCode, Kind, Message, SeedState, TagResolution, Unavailable};
 
 /// The newest wire version this node reads and writes.
 pub const VERSION: u8 = 1;
@@ -184,3 +215,17 @@ pub const MAX_IMAGE_LEN: usize = 512;
 pub const MAX_PEER_ID_LEN: usize = 128;
 /// Longest text (`Error.message`, `SeedStatus.detail`), in bytes.
 pub const MAX_TEXT_LEN: usize = 1024;
+/// Longest registry host or repository in a `Fetch`, `TagRequest` or `Tag`, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest tag in a `TagRequest` or `Tag`, in bytes (the OCI distribution spec's limit).
+pub const MAX_TAG_LEN: usize = 128;
+/// Longest media type in a `Tag`'s resolution, in bytes (RFC 6838 allows 127 for each
+/// of type and subtype).
+pub const MAX_MEDIA_TYPE_LEN: usize = 255;
+
+// Every repository name and tag a node accepts fits on the wire. A registry host that
+// `reference::parse_registry_host` accepts can be longer (a 253-byte name and a port),
+// and `encode` refuses a `Fetch` or `TagRequest` naming one; no real registry is near.
+const _: () = assert!(
+    MAX_NAME_LEN >= crate::reference::MAX_NAME_LEN && MAX_TAG_LEN >= crate::reference::MAX_TAG_LEN
+);

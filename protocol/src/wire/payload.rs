@@ -9,7 +9,7 @@
 use bytes::Bytes;
 
 use super::error::InvalidMessage;
-use super::message::{ErrorCode, Kind, Message, SeedState, Unavailable};
+use super::message::{ErrorCode, Kind, Message, SeedState, TagResolution, Unavailable};
 use crate::digest::Digest;
 use crate::piece::PieceId;
 
@@ -52,6 +52,28 @@ pub(crate) fn encode_payload(message: &Message, out: &mut Vec<u8>) {
             reason,
         } => put(&(digest, index, reason.code()), out),
         Message::Have { digests } => put(digests, out),
+        Message::Fetch {
+            digest,
+            size,
+            upstream,
+            repo,
+        } => put(&(digest, size, upstream, repo), out),
+        Message::TagRequest {
+            upstream,
+            repo,
+            tag,
+        } => put(&(upstream, repo, tag), out),
+        Message::Tag {
+            upstream,
+            repo,
+            tag,
+            resolved,
+        } => {
+            let resolved = resolved
+                .as_ref()
+                .map(|r| (&r.digest, &r.media_type, r.resolved_at));
+            put(&(upstream, repo, tag, resolved), out)
+        }
         Message::SeedOrder {
             id,
             image,
@@ -169,6 +191,36 @@ pub(crate) fn decode_payload(
         Kind::Have => Message::Have {
             digests: take(payload)?,
         },
+        Kind::Fetch => {
+            let (digest, size, upstream, repo) = take(payload)?;
+            Message::Fetch {
+                digest,
+                size,
+                upstream,
+                repo,
+            }
+        }
+        Kind::TagRequest => {
+            let (upstream, repo, tag) = take(payload)?;
+            Message::TagRequest {
+                upstream,
+                repo,
+                tag,
+            }
+        }
+        Kind::Tag => {
+            let (upstream, repo, tag, resolved): (_, _, _, Option<(_, _, _)>) = take(payload)?;
+            Message::Tag {
+                upstream,
+                repo,
+                tag,
+                resolved: resolved.map(|(digest, media_type, resolved_at)| TagResolution {
+                    digest,
+                    media_type,
+                    resolved_at,
+                }),
+            }
+        }
         Kind::SeedOrder => {
             let (id, image, pin_ttl_secs, origin_node) = take(payload)?;
             Message::SeedOrder {

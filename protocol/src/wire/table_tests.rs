@@ -1,6 +1,6 @@
 //! Table tests of the framing: hostile headers and payloads, each rule a message can
 //! break, piece sizes around the limit, the largest message of each kind, and golden
-//! frames that pin the format down.
+//! frames that pin the format down. Length bounds are in `bound_tests.rs`.
 
 use bytes::{Bytes, BytesMut};
 
@@ -110,6 +110,27 @@ fn malformed_payloads_are_refused() {
     assert!(matches!(decode(&map), Err(WireError::Malformed { .. })));
     // A string that is not UTF-8.
     malformed(Kind::Error, &[1, 2, 0xff, 0xfe]);
+    malformed(Kind::TagRequest, &[1, b'h', 1, b'r', 1, 0xc0]);
+    // An option tag of 2, and a missing option.
+    let mut tag = frame(&tag_message(None));
+    *tag.last_mut().unwrap() = 2;
+    assert!(matches!(decode(&tag), Err(WireError::Malformed { .. })));
+    tag.pop();
+    tag[0] -= 1;
+    assert!(matches!(decode(&tag), Err(WireError::Malformed { .. })));
+    // A name's length running past the payload.
+    let mut fetch = Vec::from([1; 32]);
+    fetch.extend([0, 5, b'h', 1, b'r']);
+    malformed(Kind::Fetch, &fetch);
+}
+
+fn tag_message(resolved: Option<TagResolution>) -> Message {
+    Message::Tag {
+        upstream: "docker.io".into(),
+        repo: "library/debian".into(),
+        tag: "bookworm".into(),
+        resolved,
+    }
 }
 
 #[test]
@@ -325,6 +346,27 @@ fn the_largest_message_of_each_kind_fits_its_frame() {
         Message::Have {
             digests: vec![d; MAX_HAVE],
         },
+        Message::Fetch {
+            digest: d,
+            size: u64::MAX,
+            upstream: "u".repeat(MAX_NAME_LEN),
+            repo: "r".repeat(MAX_NAME_LEN),
+        },
+        Message::TagRequest {
+            upstream: "u".repeat(MAX_NAME_LEN),
+            repo: "r".repeat(MAX_NAME_LEN),
+            tag: "t".repeat(MAX_TAG_LEN),
+        },
+        Message::Tag {
+            upstream: "u".repeat(MAX_NAME_LEN),
+            repo: "r".repeat(MAX_NAME_LEN),
+            tag: "t".repeat(MAX_TAG_LEN),
+            resolved: Some(TagResolution {
+                digest: d,
+                media_type: "m".repeat(MAX_MEDIA_TYPE_LEN),
+                resolved_at: u64::MAX,
+            }),
+        },
         Message::SeedOrder {
             id: u64::MAX,
             image: "i".repeat(MAX_IMAGE_LEN),
@@ -410,6 +452,50 @@ fn golden_frames() {
         }),
         map
     );
+    let mut fetch = vec![0, 0, 0, 0, 1, 0x16];
+    fetch.extend([5; 32]);
+    fetch.extend([0x80, 0x01]); // size 128
+    fetch.extend(b"\x09docker.io\x0elibrary/debian");
+    fetch[0] = (fetch.len() - 4) as u8;
+    assert_eq!(
+        frame(&Message::Fetch {
+            digest: Digest::from_bytes([5; 32]),
+            size: 128,
+            upstream: "docker.io".into(),
+            repo: "library/debian".into()
+        }),
+        fetch
+    );
+    let mut request = vec![0, 0, 0, 0, 1, 0x17];
+    request.extend(b"\x09docker.io\x0elibrary/debian\x08bookworm");
+    request[0] = (request.len() - 4) as u8;
+    assert_eq!(
+        frame(&Message::TagRequest {
+            upstream: "docker.io".into(),
+            repo: "library/debian".into(),
+            tag: "bookworm".into()
+        }),
+        request
+    );
+    let mut never = vec![0, 0, 0, 0, 1, 0x18];
+    never.extend(b"\x09docker.io\x0elibrary/debian\x08bookworm");
+    never.push(0); // None
+    never[0] = (never.len() - 4) as u8;
+    assert_eq!(frame(&tag_message(None)), never);
+    let mut tag = never.clone();
+    *tag.last_mut().unwrap() = 1; // Some
+    tag.extend([6; 32]);
+    tag.extend(b"\x04json");
+    tag.extend([0x80, 0xe2, 0xcf, 0xaa, 0x06]); // 1_700_000_000
+    tag[0] = (tag.len() - 4) as u8;
+    assert_eq!(
+        frame(&tag_message(Some(TagResolution {
+            digest: Digest::from_bytes([6; 32]),
+            media_type: "json".into(),
+            resolved_at: 1_700_000_000
+        }))),
+        tag
+    );
 }
 
 #[test]
@@ -422,6 +508,23 @@ fn debug_of_a_piece_leaves_its_bytes_out() {
     let s = format!("{piece:?}");
     assert!(s.len() < 300 && s.contains("len: 1048576"), "{s}");
     assert!(format!("{:?}", Message::Bye) == "Bye");
+}
+
+#[test]
+fn debug_of_a_tag_shows_its_resolution() {
+    let s = format!(
+        "{:?}",
+        tag_message(Some(TagResolution {
+            digest: Digest::from_bytes([6; 32]),
+            media_type: "json".into(),
+            resolved_at: 7
+        }))
+    );
+    assert!(
+        s.starts_with(r#"Tag { upstream: "docker.io", repo: "library/debian", tag: "bookworm", resolved: Some(TagResolution {"#)
+            && s.contains(r#"media_type: "json", resolved_at: 7 })"#),
+        "{s}"
+    );
 }
 
 #[test]

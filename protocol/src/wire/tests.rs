@@ -17,6 +17,31 @@ pub(super) fn text(max_chars: usize) -> impl Strategy<Value = String> {
     proptest::collection::vec(any::<char>(), 0..=max_chars).prop_map(|c| c.into_iter().collect())
 }
 
+/// Non-empty strings of any characters, at most `max_bytes` long in UTF-8.
+fn name(max_bytes: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(any::<char>(), 1..=max_bytes).prop_map(move |chars| {
+        let mut s = String::new();
+        for c in chars {
+            if s.len() + c.len_utf8() > max_bytes {
+                break;
+            }
+            s.push(c);
+        }
+        s
+    })
+}
+
+/// Registry hosts and repositories: realistic ones, and any characters up to the bound.
+fn upstream_and_repo() -> impl Strategy<Value = (String, String)> {
+    prop_oneof![
+        (
+            "[a-z0-9.-]{1,40}(:[0-9]{1,5})?",
+            "[a-z0-9]{1,20}(/[a-z0-9._-]{1,20}){0,3}"
+        ),
+        (name(MAX_NAME_LEN), name(MAX_NAME_LEN)),
+    ]
+}
+
 /// Valid blob maps: small blobs, and blobs of up to 2^32 pieces described near their
 /// end so that pages stay small.
 fn blob_map() -> impl Strategy<Value = Message> {
@@ -107,6 +132,36 @@ pub(super) fn message() -> impl Strategy<Value = Message> {
             }
         }),
         proptest::collection::vec(digest(), 1..50).prop_map(|digests| Message::Have { digests }),
+        (digest(), any::<u64>(), upstream_and_repo()).prop_map(
+            |(digest, size, (upstream, repo))| Message::Fetch {
+                digest,
+                size,
+                upstream,
+                repo
+            }
+        ),
+        (upstream_and_repo(), name(MAX_TAG_LEN)).prop_map(|((upstream, repo), tag)| {
+            Message::TagRequest {
+                upstream,
+                repo,
+                tag,
+            }
+        }),
+        (
+            upstream_and_repo(),
+            name(MAX_TAG_LEN),
+            proptest::option::of((digest(), name(MAX_MEDIA_TYPE_LEN), any::<u64>()))
+        )
+            .prop_map(|((upstream, repo), tag, resolved)| Message::Tag {
+                upstream,
+                repo,
+                tag,
+                resolved: resolved.map(|(digest, media_type, resolved_at)| TagResolution {
+                    digest,
+                    media_type,
+                    resolved_at
+                }),
+            }),
         (
             any::<u64>(),
             "[a-z0-9./:@-]{1,200}",
