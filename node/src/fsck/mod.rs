@@ -8,8 +8,9 @@
 //! - a piece or chunk whose bytes do not hash to its id is **damaged**; one that a blob,
 //!   a partial blob or a recipe names but that is not stored is **missing**;
 //! - every reference count must equal its users (blob and partial records naming the
-//!   piece, each occurrence counted; recipes holding the chunk), and every recipe must
-//!   name exactly the chunks its layer holds references to;
+//!   piece, each occurrence counted, a partial's pieces beyond its prefix included;
+//!   recipes holding the chunk), and every recipe must name exactly the chunks its
+//!   layer holds references to;
 //! - a complete blob's pieces must fit its size, and the totals must add up.
 //!
 //! # What is repaired
@@ -255,7 +256,8 @@ impl Scan {
             Scanned::Partial(_, partial) => {
                 self.report.partials_checked += 1;
                 self.totals.partial_blobs += 1;
-                for id in &partial.pieces {
+                // Prefix and pieces held beyond it alike.
+                for id in partial.piece_ids() {
                     self.pieces.entry(id.0).or_default().users += 1;
                 }
             }

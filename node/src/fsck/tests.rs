@@ -425,3 +425,53 @@ fn a_cancelled_check_changes_nothing() {
         assert!(store.blob(&Digest::of(&x)).unwrap().is_some(), "{name}");
     }
 }
+
+#[test]
+fn pieces_a_partial_holds_beyond_its_prefix_are_counted_and_checked() {
+    for (name, raw, _dir) in stores() {
+        let store = raw.store();
+        // The partial holds piece 0, then, beyond a gap, a piece it shares with the
+        // complete blob b (at two indices) and one of its own.
+        let p = PIECE_SIZE as usize;
+        let shared = bytes(p, 10);
+        let b = [shared.clone(), b"tail".to_vec()].concat();
+        store.put_blob(&Digest::of(&b), &b, None).unwrap();
+        let (partial, size) = (Digest::of(b"sparse"), 6 * PIECE_SIZE);
+        store.put_piece(&partial, size, 0, &bytes(p, 11)).unwrap();
+        store.put_piece(&partial, size, 2, &shared).unwrap();
+        store.put_piece(&partial, size, 3, &shared).unwrap();
+        let own = store.put_piece(&partial, size, 5, &bytes(p, 12)).unwrap();
+        // Counted as users: no count is off.
+        let report = check(store);
+        assert!(report.clean, "{name}: {report:?}");
+        assert_eq!(report.pieces_checked, 4, "{name}");
+
+        // A piece beyond the prefix is damaged: the partial goes, b stays.
+        let mut batch = Batch::default();
+        batch.put(Table::Pieces, &own.0, bytes(p, 13));
+        raw.raw(batch);
+        let report = check(store);
+        assert_eq!(report.damaged_pieces, vec![own.to_string()], "{name}");
+        assert_eq!(report.partials_dropped, vec![partial.to_string()], "{name}");
+        assert!(report.blobs_dropped.is_empty(), "{name}");
+        assert!(report.problems.is_empty(), "{name}: {:?}", report.problems);
+        assert!(store.piece(&own).unwrap().is_none(), "{name}");
+        let t = store.totals().unwrap();
+        assert_eq!((t.blobs, t.pieces, t.partial_blobs), (1, 2, 0), "{name}");
+        assert!(check(store).clean, "{name}");
+
+        // A shared piece beyond the prefix goes missing: every user of it goes.
+        store.put_piece(&partial, size, 2, &shared).unwrap();
+        let mut batch = Batch::default();
+        batch.delete(Table::Pieces, &PieceId::of(&shared).0);
+        raw.raw(batch);
+        let report = check(store);
+        assert_eq!(report.partials_dropped, vec![partial.to_string()], "{name}");
+        assert_eq!(
+            report.blobs_dropped,
+            vec![Digest::of(&b).to_string()],
+            "{name}"
+        );
+        assert_eq!(store.totals().unwrap(), Totals::default(), "{name}");
+    }
+}

@@ -186,7 +186,8 @@ impl Gc {
                     );
                 }
                 Scanned::Partial(d, p) => {
-                    model.partials.insert(d, p.pieces);
+                    // Every use, prefix and beyond, so counts and bytes freed are exact.
+                    model.partials.insert(d, p.piece_ids().copied().collect());
                 }
                 Scanned::PieceRef(id, _, size) => {
                     model.pieces.insert(id, size);

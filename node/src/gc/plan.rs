@@ -95,7 +95,7 @@ pub struct Model {
     pub tags: HashMap<ImageKey, Vec<String>>,
     /// Complete blobs.
     pub blobs: HashMap<Digest, HeldBlob>,
-    /// Partial blobs and their pieces.
+    /// Partial blobs and every piece they hold (prefix and beyond), each use once.
     pub partials: HashMap<Digest, Vec<PieceId>>,
     /// Piece sizes.
     pub pieces: HashMap<PieceId, u64>,

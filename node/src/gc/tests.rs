@@ -173,3 +173,33 @@ fn a_dry_run_changes_nothing() {
     assert_eq!(report.freed, 10);
     assert_eq!(store.totals().unwrap().blobs, 1);
 }
+
+#[test]
+fn a_partial_holding_pieces_out_of_order_frees_exactly_what_its_plan_said() {
+    use shoal_protocol::PIECE_SIZE;
+    let store = store();
+    let layer = put(store.as_ref(), 1, 2 * PIECE_SIZE as usize);
+    image(store.as_ref(), "app", "v1", &[layer], unix_now());
+    let head = store.blob(&layer).unwrap().unwrap().pieces[0];
+    let shared = crate::store::read_piece(store.as_ref(), &head).unwrap();
+    // A partial no image reaches, holding beyond its prefix a piece of the kept layer
+    // and a piece of its own at two indices.
+    let partial = Digest::of(b"partial");
+    let own = crate::store::noise(9, PIECE_SIZE as usize);
+    let size = 6 * PIECE_SIZE;
+    store.put_piece(&partial, size, 2, &shared).unwrap();
+    store.put_piece(&partial, size, 3, &own).unwrap();
+    store.put_piece(&partial, size, 5, &own).unwrap();
+    let (gc, _) = gc(&store, no_rules());
+    let predicted = gc.plan(&Request::Policy).unwrap();
+    assert_eq!(predicted.partials, vec![partial]);
+    assert_eq!(predicted.freed, PIECE_SIZE, "its own piece, once");
+    let report = run(&gc);
+    assert_eq!(
+        (report.freed, report.partials_removed),
+        (predicted.freed, 1)
+    );
+    crate::store::read_piece(store.as_ref(), &head).unwrap();
+    let t = store.totals().unwrap();
+    assert_eq!((t.partial_blobs, t.pieces), (0, 3));
+}

@@ -195,8 +195,9 @@ impl<E: Engine> ContentStore<E> {
             let Some(partial) = self.partial(&digest)? else {
                 continue;
             };
-            if partial.pieces.contains(id) {
-                released.extend(partial.pieces);
+            // Pieces held beyond the prefix are uses like any other.
+            if partial.piece_ids().any(|p| p == id) {
+                released.extend(partial.piece_ids().copied());
                 batch.delete(Table::Partials, digest.as_bytes());
                 next.partial_blobs = next.partial_blobs.saturating_sub(1);
                 dropped.partial.push(digest);

@@ -7,6 +7,8 @@ use shoal_protocol::{Digest, PieceId};
 use super::{BlobRecord, PartialBlob, StoreError, TagRecord, Totals};
 
 const V1: u8 = 1;
+/// Partial blobs that may hold pieces beyond their prefix, and know their size.
+const V2: u8 = 2;
 
 /// Encodes a complete blob's record.
 pub fn encode_blob(r: &BlobRecord) -> Vec<u8> {
@@ -37,26 +39,65 @@ pub fn decode_blob(key: &str, bytes: &[u8]) -> Result<BlobRecord, StoreError> {
     })
 }
 
-/// Encodes a partial blob's record.
+/// Encodes a partial blob's record (version 2): the prefix as version 1 had it, then
+/// the blob's size if known (a flag byte, then the size), then the pieces held beyond
+/// the prefix (a count, then index and id each, in index order).
 pub fn encode_partial(p: &PartialBlob) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 8 + 4 + p.pieces.len() * 32);
-    out.push(V1);
+    let mut out = Vec::with_capacity(1 + 8 + 4 + p.pieces.len() * 32 + 9 + 4 + p.later.len() * 40);
+    out.push(V2);
     out.extend_from_slice(&p.bytes.to_le_bytes());
     put_pieces(&mut out, &p.pieces);
+    match p.size {
+        Some(size) => {
+            out.push(1);
+            out.extend_from_slice(&size.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(&(p.later.len() as u32).to_le_bytes());
+    for (index, id) in &p.later {
+        out.extend_from_slice(&index.to_le_bytes());
+        out.extend_from_slice(&id.0);
+    }
     out
 }
 
-/// Decodes a partial blob's record.
+/// Decodes a partial blob's record: version 2, or version 1 (a prefix only, written
+/// before partials held pieces out of order). Refuses a record that breaks
+/// [`PartialBlob::check`].
 pub fn decode_partial(key: &str, bytes: &[u8]) -> Result<PartialBlob, StoreError> {
     let mut r = Reader::new(key, bytes);
-    r.version()?;
-    let total = r.u64()?;
-    let pieces = r.pieces()?;
+    let version = r.version_in(&[V1, V2])?;
+    let mut p = PartialBlob {
+        bytes: r.u64()?,
+        pieces: r.pieces()?,
+        ..PartialBlob::default()
+    };
+    if version == V2 {
+        p.size = match r.take(1)?[0] {
+            0 => None,
+            1 => Some(r.u64()?),
+            _ => return Err(r.bad("the size's flag is neither 0 nor 1")),
+        };
+        let n = u32::from_le_bytes(r.array()?) as usize;
+        if r.bytes.len() < n.saturating_mul(40) {
+            return Err(r.bad("list of later pieces is truncated"));
+        }
+        for _ in 0..n {
+            let index = r.u64()?;
+            let id = PieceId(r.array()?);
+            if p.later
+                .last_key_value()
+                .is_some_and(|(&last, _)| last >= index)
+            {
+                return Err(r.bad("later pieces are not in index order"));
+            }
+            p.later.insert(index, id);
+        }
+    }
     r.end()?;
-    Ok(PartialBlob {
-        bytes: total,
-        pieces,
-    })
+    p.check().map_err(|why| r.bad(why))?;
+    Ok(p)
 }
 
 /// Encodes a tag record.
@@ -275,11 +316,18 @@ impl<'a> Reader<'a> {
     }
 
     fn version(&mut self) -> Result<(), StoreError> {
-        match self.take(1)?[0] {
-            V1 => Ok(()),
-            v => Err(self.bad(&format!(
+        self.version_in(&[V1]).map(drop)
+    }
+
+    /// Reads the version byte, which must be one of `known`.
+    fn version_in(&mut self, known: &[u8]) -> Result<u8, StoreError> {
+        let v = self.take(1)?[0];
+        if known.contains(&v) {
+            Ok(v)
+        } else {
+            Err(self.bad(&format!(
                 "record version {v} is newer than this shoal knows"
-            ))),
+            )))
         }
     }
 
@@ -312,6 +360,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use shoal_protocol::PIECE_SIZE;
 
     proptest! {
         #[test]
@@ -324,8 +373,38 @@ mod tests {
             prop_assert_eq!(decode_blob("k", &encode_blob(&r)).unwrap(), r);
         }
 
+        /// Partials of version 2 (pieces beyond the prefix, and a size) round trip.
+        #[test]
+        fn partial_records_round_trip(
+            size in 0u64..(40 * PIECE_SIZE),
+            prefix in any::<proptest::sample::Index>(),
+            later in proptest::collection::vec(any::<bool>(), 0..40),
+        ) {
+            let p = sparse_partial(size, prefix, &later);
+            prop_assert_eq!(decode_partial("k", &encode_partial(&p)).unwrap(), p);
+        }
+
+        /// Partials written as version 1 (a prefix only) still decode, as a partial of
+        /// unknown size with nothing beyond its prefix; written again they are version 2.
+        #[test]
+        fn version_1_partials_still_decode(n in 0u64..20, last in 1u64..=PIECE_SIZE) {
+            let p = PartialBlob {
+                bytes: n.saturating_sub(1) * PIECE_SIZE + if n == 0 { 0 } else { last },
+                pieces: (0..n).map(|i| PieceId::of(&i.to_le_bytes())).collect(),
+                ..PartialBlob::default()
+            };
+            let v1 = encode_partial_v1(&p);
+            prop_assert_eq!(decode_partial("k", &v1).unwrap(), p.clone());
+            let v2 = encode_partial(&p);
+            prop_assert_eq!(v2[0], V2);
+            prop_assert_eq!(decode_partial("k", &v2).unwrap(), p);
+        }
+
         #[test]
         fn decoders_refuse_garbage_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            for version in [V1, V2] {
+                let _ = decode_partial("k", &[&[version][..], &bytes].concat());
+            }
             let _ = decode_blob("k", &bytes);
             let _ = decode_partial("k", &bytes);
             let _ = decode_tag("k", &bytes);
@@ -349,11 +428,65 @@ mod tests {
         }
     }
 
+    /// A partial of a `size`-byte blob holding a prefix of `prefix` (scaled to the piece
+    /// count) pieces and, beyond it, the pieces `later` marks.
+    fn sparse_partial(size: u64, prefix: proptest::sample::Index, later: &[bool]) -> PartialBlob {
+        let layout = shoal_protocol::PieceLayout::new(size);
+        let n = prefix.index(layout.count() as usize + 1) as u64;
+        let id = |i: u64| PieceId::of(&i.to_le_bytes());
+        PartialBlob {
+            bytes: layout.range(n).start,
+            pieces: (0..n).map(id).collect(),
+            later: (n + 1..layout.count())
+                .zip(later)
+                .filter(|(_, held)| **held)
+                .map(|(i, _)| (i, id(i)))
+                .collect(),
+            size: Some(size),
+        }
+    }
+
+    /// A partial as shoal wrote it before version 2.
+    fn encode_partial_v1(p: &PartialBlob) -> Vec<u8> {
+        let mut out = vec![V1];
+        out.extend_from_slice(&p.bytes.to_le_bytes());
+        put_pieces(&mut out, &p.pieces);
+        out
+    }
+
+    #[test]
+    fn partials_that_break_the_invariants_are_refused() {
+        let mut p = PartialBlob {
+            bytes: PIECE_SIZE,
+            pieces: vec![PieceId::of(b"a")],
+            later: [(2, PieceId::of(b"c"))].into(),
+            size: Some(3 * PIECE_SIZE),
+        };
+        assert_eq!(decode_partial("k", &encode_partial(&p)).unwrap(), p);
+        // The piece right after the prefix would have joined it.
+        p.later = [(1, PieceId::of(b"b"))].into();
+        let err = decode_partial("k", &encode_partial(&p)).unwrap_err();
+        assert!(matches!(err, StoreError::BadRecord { .. }), "{err}");
+        // Pieces beyond the prefix only with a size.
+        p.later = [(2, PieceId::of(b"c"))].into();
+        p.size = None;
+        assert!(decode_partial("k", &encode_partial(&p)).is_err());
+        // Later pieces out of order on disk.
+        p.size = Some(9 * PIECE_SIZE);
+        p.later = [(2, PieceId::of(b"c")), (5, PieceId::of(b"f"))].into();
+        let mut bytes = encode_partial(&p);
+        let at = bytes.len() - 80;
+        let (first, second) = bytes[at..].split_at_mut(40);
+        first.swap_with_slice(second);
+        assert!(decode_partial("k", &bytes).is_err());
+    }
+
     #[test]
     fn other_records_round_trip() {
         let p = PartialBlob {
             bytes: 5,
             pieces: vec![PieceId::of(b"a")],
+            ..PartialBlob::default()
         };
         assert_eq!(decode_partial("k", &encode_partial(&p)).unwrap(), p);
         let t = TagRecord {

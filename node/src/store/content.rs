@@ -1,5 +1,9 @@
 //! The content store's rules over any [`Engine`]: pieces with reference counts, partial
 //! and complete blobs, tags, and running totals, each change one atomic batch.
+//!
+//! A piece's count is its number of uses: every index of every blob and partial that
+//! names it counts once, so a piece two blobs share, or one blob holds twice, is stored
+//! once and counted twice, and each release takes back exactly one use.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -10,6 +14,7 @@ use shoal_protocol::{Digest, PieceId, RepoName};
 
 use super::codec;
 use super::engine::{Batch, Engine, Table};
+use super::partial::Placed;
 use super::{BlobRecord, PartialBlob, Store, StoreError, TagRecord, Totals};
 
 pub(super) const TOTALS_KEY: &[u8] = b"totals";
@@ -117,6 +122,52 @@ impl<E: Engine> ContentStore<E> {
         deltas
     }
 
+    /// Places one piece of partial blob `digest` ([`PartialBlob::place`]): appended in
+    /// order without `size`, put at any index with it. One batch: the piece's bytes on
+    /// its first use, its count, the partial's record and the totals.
+    fn place_piece(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<PieceId, StoreError> {
+        let mut totals = self.writer();
+        let mut next = *totals;
+        let existing = self.partial(digest)?;
+        if existing.is_none() {
+            next.partial_blobs += 1;
+        }
+        let mut partial = existing.unwrap_or_default();
+        let size_before = partial.size;
+        let id = PieceId::of(bytes);
+        let placed = partial
+            .place(index, id, bytes.len() as u64, size)
+            .map_err(|why| {
+                let how = if size.is_some() { "put" } else { "appended" };
+                StoreError::Conflict(format!("piece {index} of {digest} {how}: {why}"))
+            })?;
+        let mut batch = Batch::default();
+        match placed {
+            // Held already: only a size learnt now is worth a write.
+            Placed::Held if partial.size == size_before => return Ok(id),
+            Placed::Held => {}
+            Placed::Stored => self.apply_refs(
+                Counted::Pieces,
+                &mut batch,
+                &mut next,
+                HashMap::from([(id.0, (1, Some(bytes)))]),
+            )?,
+        }
+        batch.put(
+            Table::Partials,
+            digest.as_bytes(),
+            codec::encode_partial(&partial),
+        );
+        self.commit(&mut totals, next, batch)?;
+        Ok(id)
+    }
+
     pub(super) fn lock_writer(&self) -> MutexGuard<'_, Totals> {
         self.writer()
     }
@@ -217,37 +268,17 @@ impl<E: Engine> Store for ContentStore<E> {
         index: u64,
         bytes: &[u8],
     ) -> Result<PieceId, StoreError> {
-        let mut totals = self.writer();
-        let mut next = *totals;
-        let existing = self.partial(digest)?;
-        if existing.is_none() {
-            next.partial_blobs += 1;
-        }
-        let mut partial = existing.unwrap_or_default();
-        if index != partial.pieces.len() as u64 || !partial.open() {
-            return Err(StoreError::Conflict(format!(
-                "piece {index} of {digest} appended to a partial of {} pieces ({} bytes)",
-                partial.pieces.len(),
-                partial.bytes
-            )));
-        }
-        let id = PieceId::of(bytes);
-        let mut batch = Batch::default();
-        self.apply_refs(
-            Counted::Pieces,
-            &mut batch,
-            &mut next,
-            HashMap::from([(id.0, (1, Some(bytes)))]),
-        )?;
-        partial.pieces.push(id);
-        partial.bytes += bytes.len() as u64;
-        batch.put(
-            Table::Partials,
-            digest.as_bytes(),
-            codec::encode_partial(&partial),
-        );
-        self.commit(&mut totals, next, batch)?;
-        Ok(id)
+        self.place_piece(digest, None, index, bytes)
+    }
+
+    fn put_piece(
+        &self,
+        digest: &Digest,
+        size: u64,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<PieceId, StoreError> {
+        self.place_piece(digest, Some(size), index, bytes)
     }
 
     fn complete(
@@ -267,7 +298,7 @@ impl<E: Engine> Store for ContentStore<E> {
                     Counted::Pieces,
                     &mut batch,
                     &mut next,
-                    Self::release(p.pieces.iter().map(|p| &p.0)),
+                    Self::release(p.piece_ids().map(|p| &p.0)),
                 )?;
                 batch.delete(Table::Partials, digest.as_bytes());
                 next.partial_blobs = next.partial_blobs.saturating_sub(1);
@@ -276,12 +307,28 @@ impl<E: Engine> Store for ContentStore<E> {
             return Ok(done);
         }
         let pieces = match partial {
-            Some(p) if p.bytes == size => {
+            Some(p) if p.covers(size) => {
                 batch.delete(Table::Partials, digest.as_bytes());
                 next.partial_blobs = next.partial_blobs.saturating_sub(1);
                 p.pieces
             }
             None if size == 0 => Vec::new(),
+            Some(p) if !p.later.is_empty() => {
+                return Err(StoreError::Conflict(format!(
+                    "{digest} completed as {size} bytes with a gap: {} pieces are held after the first {} ({} bytes) and piece {} is missing",
+                    p.later.len(),
+                    p.pieces.len(),
+                    p.bytes,
+                    p.pieces.len()
+                )));
+            }
+            Some(PartialBlob {
+                size: Some(held), ..
+            }) if held != size => {
+                return Err(StoreError::Conflict(format!(
+                    "{digest} completed as {size} bytes but its pieces were put for a blob of {held}"
+                )));
+            }
             other => {
                 return Err(StoreError::Conflict(format!(
                     "{digest} completed as {size} bytes but {} bytes are stored",
@@ -312,7 +359,7 @@ impl<E: Engine> Store for ContentStore<E> {
             Counted::Pieces,
             &mut batch,
             &mut next,
-            Self::release(partial.pieces.iter().map(|p| &p.0)),
+            Self::release(partial.piece_ids().map(|p| &p.0)),
         )?;
         batch.delete(Table::Partials, digest.as_bytes());
         next.partial_blobs = next.partial_blobs.saturating_sub(1);

@@ -8,6 +8,8 @@
 //! one atomic write, so a kill at any moment leaves a store that opens and is
 //! consistent: a blob is either complete (all its pieces present, its sha256 checked
 //! by the caller before [`Store::complete`]) or a resumable partial, never half of each.
+//! A partial holds a prefix of pieces in order and may hold pieces beyond it, in any
+//! order, as peers send them ([`partial`]).
 //!
 //! The store does not verify sha256 digests itself: it cannot know what a partial blob
 //! will turn into. It does keep piece reference counts, so that removing one blob never
@@ -24,11 +26,16 @@ pub mod content;
 pub mod engine;
 pub mod images;
 pub mod memory;
+pub mod partial;
 pub mod recipes;
 pub mod rocks;
 pub mod space;
 #[cfg(test)]
 mod suite;
+#[cfg(test)]
+mod suite_sparse;
+
+pub use partial::PartialBlob;
 
 /// A blob the store holds completely.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,22 +46,6 @@ pub struct BlobRecord {
     pub pieces: Vec<PieceId>,
     /// For manifests: the media type to serve it with.
     pub media_type: Option<String>,
-}
-
-/// A blob being fetched: the pieces stored so far, all full but possibly the last.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PartialBlob {
-    /// Bytes stored so far.
-    pub bytes: u64,
-    /// Their pieces in order.
-    pub pieces: Vec<PieceId>,
-}
-
-impl PartialBlob {
-    /// Whether more pieces may follow (every piece so far is full).
-    pub fn open(&self) -> bool {
-        self.bytes == self.pieces.len() as u64 * PIECE_SIZE
-    }
 }
 
 /// What a tag resolved to when the node last asked the origin.
@@ -151,9 +142,13 @@ pub trait Store: recipes::RecipeStore + images::ImageStore + Send + Sync + 'stat
     /// Digests of every partial blob.
     fn partials(&self) -> Result<Vec<Digest>, StoreError>;
 
-    /// Stores `bytes` as piece number `index` of partial blob `digest`, creating the
-    /// partial at index 0. `index` must be the partial's piece count and the partial
-    /// must be open (no short piece yet). Returns the piece's id.
+    /// Stores `bytes` as piece number `index` of partial blob `digest`, in order (the
+    /// origin's path), creating the partial at index 0. `index` must be the length of
+    /// the partial's prefix, and the prefix open (no short piece yet); pieces held
+    /// beyond it that then follow join the prefix. An index the partial already holds
+    /// is accepted only with the same bytes, and changes nothing: an in-order fetch
+    /// runs on through pieces peers supplied. If the partial knows its blob's size
+    /// (from [`Store::put_piece`]) the piece must fit its layout. Returns the piece's id.
     fn append_piece(
         &self,
         digest: &Digest,
@@ -161,8 +156,27 @@ pub trait Store: recipes::RecipeStore + images::ImageStore + Send + Sync + 'stat
         bytes: &[u8],
     ) -> Result<PieceId, StoreError>;
 
+    /// Stores `bytes` as piece number `index` of partial blob `digest`, a blob of `size`
+    /// bytes, in any order, creating the partial if needed: a piece right after the
+    /// prefix joins it (with every held piece that then follows), any other is held
+    /// beyond it. `index` must be below the layout's piece count
+    /// ([`shoal_protocol::PieceLayout`]) and `bytes` exactly that piece's length; the
+    /// size must be the one the partial's pieces were put with (and fit what was
+    /// appended). An index already held is a no-op with the same bytes and a conflict
+    /// with others. The caller has checked the bytes against the piece id it asked for,
+    /// so every refusal here is a caller bug. Returns the piece's id.
+    fn put_piece(
+        &self,
+        digest: &Digest,
+        size: u64,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<PieceId, StoreError>;
+
     /// Turns partial blob `digest` into a complete blob of `size` bytes. The caller has
-    /// checked its sha256. A blob already complete is left as it is.
+    /// checked its sha256. Refused while the partial has a gap (pieces held beyond its
+    /// prefix) or its prefix is not exactly `size` bytes. A blob already complete is
+    /// left as it is, and the partial's pieces released.
     fn complete(
         &self,
         digest: &Digest,
@@ -170,7 +184,8 @@ pub trait Store: recipes::RecipeStore + images::ImageStore + Send + Sync + 'stat
         media_type: Option<&str>,
     ) -> Result<BlobRecord, StoreError>;
 
-    /// Drops partial blob `digest` and the pieces only it used.
+    /// Drops partial blob `digest` (prefix and pieces beyond it) and the pieces only it
+    /// used.
     fn discard_partial(&self, digest: &Digest) -> Result<(), StoreError>;
 
     /// Drops complete blob `digest` and the pieces only it used. Returns whether it was held.

@@ -7,7 +7,8 @@ use super::memory::MemoryEngine;
 use super::rocks::RocksEngine;
 use super::{Store, StoreError, TagRecord, read_piece};
 
-fn stores() -> Vec<(&'static str, Box<dyn Store>, Option<tempfile::TempDir>)> {
+/// A store over each engine, named, with the directory that must outlive it.
+pub(super) fn stores() -> Vec<(&'static str, Box<dyn Store>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let rocks = ContentStore::new(RocksEngine::open(dir.path(), false).unwrap()).unwrap();
     vec![
@@ -21,7 +22,7 @@ fn stores() -> Vec<(&'static str, Box<dyn Store>, Option<tempfile::TempDir>)> {
 }
 
 /// Bytes that do not repeat within a blob (so that its pieces differ).
-fn blob(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn blob(len: usize, seed: u8) -> Vec<u8> {
     super::noise(u64::from(seed), len)
 }
 
