@@ -5,6 +5,7 @@
 
 mod flatten;
 mod gc;
+mod peers;
 mod recipes;
 mod serve;
 
@@ -32,6 +33,9 @@ enum Command {
     /// Flattening a real multi-layer image beside `umoci unpack` of it, cold and warm,
     /// and the bytes and time a second version costs once the first is flat.
     Flatten(flatten::FlattenArgs),
+    /// Peer-to-peer throughput of one large blob between two nodes on loopback (QUIC,
+    /// BLAKE3 per piece, sha256 per blob), beside curl from the docker-registry origin.
+    Peers(peers::PeersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Recipes(args) => recipes::run(&args),
         Command::Gc(args) => gc::run(&args),
         Command::Flatten(args) => flatten::run(&args),
+        Command::Peers(args) => peers::run(&args),
     }
 }

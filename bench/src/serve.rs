@@ -116,7 +116,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
 
 /// Fetches `url` with curl once to a file and checks its digest (untimed), then
 /// times one more fetch.
-fn fetch(url: &str, size: u64, digest: &Digest) -> anyhow::Result<Duration> {
+pub(crate) fn fetch(url: &str, size: u64, digest: &Digest) -> anyhow::Result<Duration> {
     let out = tempfile::NamedTempFile::new()?;
     shoal_tests::run(
         Command::new("curl")
@@ -134,7 +134,7 @@ fn fetch(url: &str, size: u64, digest: &Digest) -> anyhow::Result<Duration> {
 
 /// Times one fetch of `url` to /dev/null, checking status and size. Through a node
 /// with an empty store, this is its ingest.
-fn fetch_cold(url: &str, size: u64) -> anyhow::Result<Duration> {
+pub(crate) fn fetch_cold(url: &str, size: u64) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let out = shoal_tests::run(
         Command::new("curl")
@@ -162,11 +162,11 @@ fn fetch_cold(url: &str, size: u64) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-fn mb_s(bytes: u64, took: Duration) -> f64 {
+pub(crate) fn mb_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / 1e6 / took.as_secs_f64()
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     if s.is_empty() { 0.0 } else { s[s.len() / 2] }

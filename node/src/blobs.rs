@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Upstream;
 use crate::gc::leases::{Lease, Leases};
 use crate::origin::{Origin, OriginError};
+use crate::p2p::P2p;
 use crate::stats::Stats;
 use crate::store::{BlobRecord, PieceReadError, Store, StoreError, read_piece};
 
@@ -112,10 +113,11 @@ pub enum BlobError {
 /// How a fetch is going, as its subscribers see it.
 #[derive(Clone, Debug)]
 pub struct FetchState {
-    /// The blob's size, once the origin said.
+    /// The blob's size, once the origin (or a peer) said.
     pub size: Option<u64>,
-    /// Pieces stored so far, in order.
-    pub pieces: Vec<PieceId>,
+    /// One entry per piece once the size is known: the id of each piece stored so
+    /// far. Pieces from the origin arrive in order, pieces from peers in any order.
+    pub pieces: Vec<Option<PieceId>>,
     /// Whether it is over.
     pub outcome: Outcome,
 }
@@ -131,7 +133,23 @@ pub enum Outcome {
     Failed(Arc<BlobError>),
 }
 
-/// The blob service: store plus single-flight origin fetches.
+/// What the node holds of a blob, for peers that ask.
+#[derive(Debug)]
+pub enum Holding {
+    /// All of it, verified.
+    Complete(BlobRecord),
+    /// A fetch is running and knows the size: the pieces stored so far.
+    Fetching {
+        /// The blob's size.
+        size: u64,
+        /// One entry per piece.
+        pieces: Vec<Option<PieceId>>,
+    },
+    /// Nothing it can describe.
+    Nothing,
+}
+
+/// The blob service: store plus single-flight fetches from peers or the origin.
 pub struct Blobs {
     store: Arc<dyn Store>,
     origin: Arc<Origin>,
@@ -151,6 +169,8 @@ pub struct Blobs {
     completed: Option<mpsc::UnboundedSender<Digest>>,
     /// Every open blob and running fetch holds a lease, so GC leaves it alone.
     leases: Arc<Leases>,
+    /// The fleet, asked before the origin (absent without a fleet key).
+    p2p: Option<Arc<P2p>>,
 }
 
 /// Pieces read ahead of the client while streaming a blob.
@@ -188,6 +208,7 @@ impl Blobs {
         stall_timeout: std::time::Duration,
         completed: Option<mpsc::UnboundedSender<Digest>>,
         leases: Arc<Leases>,
+        p2p: Option<Arc<P2p>>,
     ) -> Self {
         Blobs {
             store,
@@ -199,7 +220,33 @@ impl Blobs {
             failures: Mutex::new(HashMap::new()),
             completed,
             leases,
+            p2p,
         }
+    }
+
+    /// What the node holds of `digest`: complete, being fetched (with the size known),
+    /// or nothing to describe.
+    pub fn holding(&self, digest: &Digest) -> Result<Holding, BlobError> {
+        {
+            let inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(rx) = inflight.get(digest) {
+                let s = rx.borrow();
+                if let Some(size) = s.size {
+                    if matches!(s.outcome, Outcome::Running) {
+                        return Ok(Holding::Fetching {
+                            size,
+                            pieces: s.pieces.clone(),
+                        });
+                    }
+                } else {
+                    return Ok(Holding::Nothing);
+                }
+            }
+        }
+        Ok(match self.store.blob(digest)? {
+            Some(record) => Holding::Complete(record),
+            None => Holding::Nothing,
+        })
     }
 
     /// The lease table its readers use (shared with ingest and GC).
@@ -309,8 +356,7 @@ impl Blobs {
         tx: watch::Sender<FetchState>,
         _lease: Lease,
     ) {
-        Stats::add(&self.stats.origin_fetches, 1);
-        let result = self.fetch_inner(&source, &digest, &tx).await;
+        let result = self.fetch_from_fleet_or_origin(&source, &digest, &tx).await;
         match &result {
             Ok(()) => {
                 tracing::info!(%digest, repo = %source.repo, upstream = %source.upstream.host, "blob fetched and verified")
@@ -347,6 +393,34 @@ impl Blobs {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&digest);
         tx.send_modify(|s| s.outcome = outcome);
+    }
+
+    /// Asks the fleet first (when there is one), then the origin for whatever the
+    /// fleet did not deliver.
+    async fn fetch_from_fleet_or_origin(
+        &self,
+        source: &Source,
+        digest: &Digest,
+        tx: &watch::Sender<FetchState>,
+    ) -> Result<(), BlobError> {
+        if let Some(p2p) = &self.p2p {
+            match p2p.fetch(source, *digest, tx).await {
+                Ok(()) => {
+                    if let Some(p2p) = &self.p2p {
+                        p2p.provide(*digest);
+                    }
+                    return Ok(());
+                }
+                Err(crate::p2p::fetch::PeerFetchError::NoPeers(_)) => {}
+                Err(e) => tracing::warn!(%digest, "fetching from the origin instead: {e}"),
+            }
+        }
+        Stats::add(&self.stats.origin_fetches, 1);
+        self.fetch_inner(source, digest, tx).await?;
+        if let Some(p2p) = &self.p2p {
+            p2p.provide(*digest);
+        }
+        Ok(())
     }
 
     async fn fetch_inner(
@@ -388,7 +462,11 @@ impl Blobs {
         }
         tx.send_modify(|s| {
             s.size = Some(size);
-            s.pieces = pieces.clone();
+            let mut all = vec![None; PieceLayout::new(size).count() as usize];
+            for (slot, id) in all.iter_mut().zip(&pieces) {
+                *slot = Some(*id);
+            }
+            s.pieces = all;
         });
         let mut body = reply.response.bytes_stream();
         let mut buf = BytesMut::with_capacity(PIECE_SIZE as usize);
@@ -432,7 +510,7 @@ impl Blobs {
             while buf.len() >= PIECE_SIZE as usize {
                 let piece = buf.split_to(PIECE_SIZE as usize).freeze();
                 have += self
-                    .store_piece(digest, &mut hasher, &mut pieces, piece, tx)
+                    .store_piece(digest, size, &mut hasher, &mut pieces, piece, tx)
                     .await?;
             }
         }
@@ -441,7 +519,7 @@ impl Blobs {
         }
         if !buf.is_empty() {
             have += self
-                .store_piece(digest, &mut hasher, &mut pieces, buf.freeze(), tx)
+                .store_piece(digest, size, &mut hasher, &mut pieces, buf.freeze(), tx)
                 .await?;
         }
         let actual = hasher.finish();
@@ -502,6 +580,7 @@ impl Blobs {
     async fn store_piece(
         &self,
         digest: &Digest,
+        size: u64,
         hasher: &mut DigestHasher,
         pieces: &mut Vec<PieceId>,
         piece: Bytes,
@@ -510,10 +589,16 @@ impl Blobs {
         hasher.update(&piece);
         let (d, index, len) = (*digest, pieces.len() as u64, piece.len() as u64);
         let id = self
-            .blocking(move |s| s.append_piece(&d, index, &piece))
+            // `put_piece`, not `append_piece`: peers may have stored pieces further on,
+            // which this one joins (the same bytes, or the store refuses the conflict).
+            .blocking(move |s| s.put_piece(&d, size, index, &piece))
             .await?;
         pieces.push(id);
-        tx.send_modify(|s| s.pieces.push(id));
+        tx.send_modify(|s| {
+            if let Some(slot) = s.pieces.get_mut(index as usize) {
+                *slot = Some(id);
+            }
+        });
         Ok(len)
     }
 
@@ -584,12 +669,12 @@ async fn piece_id_when_ready(
             match &s.outcome {
                 Outcome::Failed(e) => return Err(clone_err(e)),
                 Outcome::Complete => {
-                    return s.pieces.get(index as usize).copied().ok_or_else(|| {
+                    return s.pieces.get(index as usize).copied().flatten().ok_or_else(|| {
                         BlobError::Internal(format!("fetch completed without piece {index}"))
                     });
                 }
                 Outcome::Running if !is_last => {
-                    if let Some(id) = s.pieces.get(index as usize) {
+                    if let Some(Some(id)) = s.pieces.get(index as usize) {
                         return Ok(*id);
                     }
                 }

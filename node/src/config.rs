@@ -17,6 +17,7 @@ use url::Url;
 
 use crate::gc::plan::Policy;
 use crate::ingest::IngestLimits;
+use crate::p2p::config::{P2pConfig, P2pFlags, P2pSection};
 
 /// Where Docker Hub's registry API really lives; engines call it `docker.io`.
 pub const DOCKER_HUB_HOST: &str = "docker.io";
@@ -44,6 +45,8 @@ struct FileConfig {
     gc: GcSection,
     #[serde(default)]
     upstreams: Vec<UpstreamSection>,
+    #[serde(default)]
+    p2p: P2pSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +153,9 @@ pub struct NodeFlags {
     /// Print the documented example config and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Peer-to-peer flags.
+    #[command(flatten)]
+    pub p2p: P2pFlags,
 }
 
 /// Credentials the node presents to an upstream.
@@ -247,6 +253,8 @@ pub struct NodeConfig {
     pub ingest: IngestLimits,
     /// What garbage collection removes, and when.
     pub gc: Policy,
+    /// The fleet this node belongs to; `None` without a fleet key (no peers).
+    pub p2p: Option<P2pConfig>,
 }
 
 impl NodeConfig {
@@ -316,6 +324,7 @@ impl NodeConfig {
                 }
             },
             gc: gc_policy(file.gc, flags.gc_budget.as_deref())?,
+            p2p: P2pConfig::build(file.p2p, &flags.p2p)?,
         })
     }
 

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod node;
 pub mod origin;
+pub mod p2p;
 pub mod pull;
 pub mod stats;
 pub mod store;

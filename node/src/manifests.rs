@@ -11,6 +11,7 @@ use shoal_protocol::{Digest, Reference};
 use crate::blobs::Source;
 use crate::gc::leases::Leases;
 use crate::origin::{Origin, OriginError};
+use crate::p2p::P2p;
 use crate::stats::Stats;
 use crate::store::images::ImageKey;
 use crate::store::{PieceReadError, Store, StoreError, TagRecord, read_piece, unix_now};
@@ -79,6 +80,10 @@ pub struct Manifests {
     stats: Arc<Stats>,
     leases: Arc<Leases>,
     serve_stale_tags: bool,
+    /// The fleet: manifests by digest come from peers when one holds them, and with
+    /// `serve_stale_tags` a tag the origin cannot resolve may be answered from a
+    /// peer's last resolution.
+    p2p: Option<Arc<P2p>>,
 }
 
 impl Manifests {
@@ -91,6 +96,7 @@ impl Manifests {
         stats: Arc<Stats>,
         leases: Arc<Leases>,
         serve_stale_tags: bool,
+        p2p: Option<Arc<P2p>>,
     ) -> Self {
         Manifests {
             store,
@@ -98,6 +104,7 @@ impl Manifests {
             stats,
             leases,
             serve_stale_tags,
+            p2p,
         }
     }
 
@@ -150,6 +157,9 @@ impl Manifests {
             if let Some(held) = self.stored(source, *d).await? {
                 return Ok(held);
             }
+            if let Some(from_peer) = self.from_peers(source, *d, None).await? {
+                return Ok(from_peer);
+            }
         }
         let accept = accept_header(accept);
         let fetched = match self
@@ -162,6 +172,9 @@ impl Manifests {
                 if let (Reference::Tag(tag), true) = (reference, self.serve_stale_tags) {
                     if origin_down(&e) {
                         if let Some(stale) = self.stale(source, tag, &e).await? {
+                            return Ok(stale);
+                        }
+                        if let Some(stale) = self.stale_from_fleet(source, tag, &e).await? {
                             return Ok(stale);
                         }
                     }
@@ -228,6 +241,108 @@ impl Manifests {
         })
         .await
         .map_err(|e| ManifestFetchError::Internal(e.to_string()))??;
+        Ok(served)
+    }
+
+    /// Manifest `digest` from a peer, checked (sha256 inside `fetch_small`, then parsed)
+    /// and stored with its image record like one from the origin. `tag` is recorded
+    /// as resolving to it when given (a tag learnt from the fleet).
+    async fn from_peers(
+        &self,
+        source: &Source,
+        digest: Digest,
+        tag: Option<(String, u64)>,
+    ) -> Result<Option<ServedManifest>, ManifestFetchError> {
+        let Some(p2p) = &self.p2p else {
+            return Ok(None);
+        };
+        let Some(bytes) = p2p.fetch_small(digest).await else {
+            return Ok(None);
+        };
+        let Ok(manifest) = Manifest::parse(&bytes, None) else {
+            tracing::warn!(%digest, "a peer's manifest does not parse; asking the origin");
+            return Ok(None);
+        };
+        tracing::info!(%digest, repo = %source.repo, "manifest from a peer");
+        let served = ServedManifest {
+            digest,
+            bytes,
+            media_type: manifest.media_type.clone(),
+            manifest,
+            stale_since: tag.as_ref().map(|(_, at)| *at),
+        };
+        let image = image_key(source, digest);
+        let (store, keep, host, repo) = (
+            Arc::clone(&self.store),
+            served.clone(),
+            source.upstream.host.clone(),
+            source.repo.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            store.put_blob(&keep.digest, &keep.bytes, Some(&keep.media_type))?;
+            store.touch_image(&image, &keep.media_type, &refs(&keep.manifest), unix_now())?;
+            if let Some((tag, resolved_at)) = tag {
+                // Only if the node knows nothing newer of the tag.
+                let newer = store
+                    .tag(&host, &repo, &tag)?
+                    .is_some_and(|t| t.resolved_at >= resolved_at);
+                if !newer {
+                    let record = TagRecord {
+                        digest: keep.digest,
+                        media_type: keep.media_type,
+                        resolved_at,
+                    };
+                    store.set_tag(&host, &repo, &tag, &record)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ManifestFetchError::Internal(e.to_string()))??;
+        Ok(Some(served))
+    }
+
+    /// `tag` as the fleet last resolved it (the newest resolution any peer holds),
+    /// served from the store or from peers, for when the origin is down.
+    async fn stale_from_fleet(
+        &self,
+        source: &Source,
+        tag: &str,
+        why: &OriginError,
+    ) -> Result<Option<ServedManifest>, ManifestFetchError> {
+        let Some(p2p) = &self.p2p else {
+            return Ok(None);
+        };
+        let Some(record) = p2p
+            .fleet_tag(&source.upstream.host, &source.repo, tag)
+            .await
+        else {
+            return Ok(None);
+        };
+        let served = match self.stored(source, record.digest).await? {
+            Some(mut held) => {
+                held.stale_since = Some(record.resolved_at);
+                Some(held)
+            }
+            None => {
+                self.from_peers(
+                    source,
+                    record.digest,
+                    Some((tag.to_owned(), record.resolved_at)),
+                )
+                .await?
+            }
+        };
+        if served.is_some() {
+            tracing::warn!(
+                repo = %source.repo,
+                tag,
+                upstream = %source.upstream.host,
+                digest = %record.digest,
+                resolved_at = record.resolved_at,
+                "the origin is down ({why}); answering the tag with the fleet's last resolution (serve_stale_tags)"
+            );
+        }
         Ok(served)
     }
 

@@ -13,6 +13,7 @@ use crate::ingest::Ingest;
 use crate::manifests::Manifests;
 use crate::metrics::RequestMetrics;
 use crate::origin::Origin;
+use crate::p2p::P2p;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::content::ContentStore;
 use crate::store::rocks::{RocksEngine, db_dir};
@@ -42,10 +43,13 @@ pub struct Node {
     pub requests: RequestMetrics,
     /// Flat trees, exports and mounts (`data_dir/flat`).
     pub flat: Flat,
+    /// The fleet (absent without a fleet key).
+    pub p2p: Option<Arc<P2p>>,
 }
 
 impl Node {
-    /// Opens the node's store under `config.data_dir`.
+    /// Opens the node's store under `config.data_dir` and, with a fleet key, starts
+    /// its peer-to-peer endpoint (so it runs inside the tokio runtime).
     pub fn open(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
         let dir = db_dir(&config.data_dir);
         let engine = RocksEngine::open(&dir, config.sync_writes)?;
@@ -61,6 +65,21 @@ impl Node {
         let leases = Leases::new();
         let (completed_tx, completed_rx) = tokio::sync::mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
+        let p2p = match &config.p2p {
+            Some(p2p_config) => Some(
+                P2p::start(
+                    p2p_config.clone(),
+                    &config.data_dir,
+                    Arc::clone(&store),
+                    Arc::clone(&stats),
+                )
+                .context("cannot start the peer-to-peer endpoint")?,
+            ),
+            None => {
+                tracing::info!("peer-to-peer exchange off: no fleet key (--fleet-key FILE)");
+                None
+            }
+        };
         let blobs = Arc::new(Blobs::new(
             Arc::clone(&store),
             Arc::clone(&origin),
@@ -69,7 +88,11 @@ impl Node {
             config.origin.stall_timeout,
             Some(completed_tx),
             Arc::clone(&leases),
+            p2p.clone(),
         ));
+        if let Some(p2p) = &p2p {
+            p2p.attach(&blobs, Arc::new(config.clone()));
+        }
         let ingest = Ingest::start(
             Arc::clone(&store),
             Arc::clone(&blobs),
@@ -83,6 +106,7 @@ impl Node {
             Arc::clone(&stats),
             Arc::clone(&leases),
             config.origin.serve_stale_tags,
+            p2p.clone(),
         );
         let gc = Gc::new(
             Arc::clone(&store),
@@ -102,6 +126,7 @@ impl Node {
             access: crate::access::Access::default(),
             requests: RequestMetrics::default(),
             flat,
+            p2p,
         }))
     }
 

@@ -38,12 +38,27 @@ pub struct Stats {
     pub gc_bytes_freed: AtomicU64,
     /// Images garbage collection removed.
     pub gc_images_removed: AtomicU64,
+    /// Piece bytes received from peers (verified).
+    pub bytes_from_peers: AtomicU64,
+    /// Piece bytes sent to peers.
+    pub bytes_to_peers: AtomicU64,
+    /// Blob fetches served by peers.
+    pub peer_fetches: AtomicU64,
+    /// Peers verified and connected now (a gauge).
+    pub peers: AtomicU64,
+    /// Pieces refused from peers (bad BLAKE3, wrong length, unrequested).
+    pub bad_peer_pieces: AtomicU64,
 }
 
 impl Stats {
     /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets gauge `gauge` to `n`.
+    pub fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Ordering::Relaxed);
     }
 
     /// Everything `shoal stats --json` prints.
@@ -74,6 +89,11 @@ impl Stats {
             gc_bytes_freed: get(&self.gc_bytes_freed),
             gc_images_removed: get(&self.gc_images_removed),
             store_bytes: totals.piece_bytes + totals.chunk_bytes,
+            bytes_from_peers: get(&self.bytes_from_peers),
+            bytes_to_peers: get(&self.bytes_to_peers),
+            peer_fetches: get(&self.peer_fetches),
+            peers: get(&self.peers),
+            bad_peer_pieces: get(&self.bad_peer_pieces),
         }
     }
 }
@@ -136,4 +156,19 @@ pub struct StatsSnapshot {
     /// What the store holds and the GC budget limits: piece plus chunk bytes.
     #[serde(default)]
     pub store_bytes: u64,
+    /// Verified piece bytes received from peers since the node started.
+    #[serde(default)]
+    pub bytes_from_peers: u64,
+    /// Piece bytes sent to peers since the node started.
+    #[serde(default)]
+    pub bytes_to_peers: u64,
+    /// Blob fetches that peers served since the node started.
+    #[serde(default)]
+    pub peer_fetches: u64,
+    /// Fleet peers connected and verified now.
+    #[serde(default)]
+    pub peers: u64,
+    /// Pieces from peers refused since the node started (bad BLAKE3, wrong length).
+    #[serde(default)]
+    pub bad_peer_pieces: u64,
 }

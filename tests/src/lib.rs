@@ -10,6 +10,7 @@ pub mod containerd;
 pub mod dockerd;
 pub mod engines;
 pub mod fixture;
+pub mod fleet;
 pub mod flat;
 pub mod image;
 pub mod node;

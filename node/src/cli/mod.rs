@@ -38,6 +38,17 @@ enum Command {
         #[arg(long, default_value = remote::DEFAULT_NODE)]
         node: String,
     },
+    /// List the fleet peers the node is connected to: their addresses, whether they
+    /// proved the fleet key, what they announced they hold, the bytes exchanged; and
+    /// the peers it shuts out, with why.
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The node's mirror URL.
+        #[arg(long, default_value = remote::DEFAULT_NODE)]
+        node: String,
+    },
     /// Show what the node holds of an image: per layer, files, chunks, and content
     /// shared with other stored layers.
     Inspect {
@@ -105,6 +116,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&snapshot)?);
             } else {
                 print_stats(&snapshot);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peers { json, node } => {
+            init_logging(LogFormat::Text);
+            let report: crate::p2p::PeersReport = runtime()?.block_on(async {
+                let url = remote::url(&node, "/_shoal/peers", &[])?;
+                remote::json(&node, remote::client()?.get(url)).await
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_peers(&report);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -210,6 +234,35 @@ fn print_inspect(r: &ImageReport) {
     }
 }
 
+fn print_peers(r: &crate::p2p::PeersReport) {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("this node: {}  (fleet {})", r.peer_id, &r.fleet_id[..16]);
+    for a in &r.listening {
+        println!("  listening on {a}");
+    }
+    println!(
+        "\n{:<54} {:<9} {:>7} {:>12} {:>12}  ADDRESSES",
+        "PEER", "STATE", "BLOBS", "FROM (MiB)", "TO (MiB)"
+    );
+    for p in &r.peers {
+        println!(
+            "{:<54} {:<9} {:>7} {:>12.1} {:>12.1}  {}",
+            p.peer_id,
+            if p.verified { "verified" } else { "pending" },
+            p.blobs,
+            mib(p.bytes_from),
+            mib(p.bytes_to),
+            p.addrs.join(" ")
+        );
+    }
+    for b in &r.banned {
+        println!(
+            "{:<54} banned for {} s: {}",
+            b.peer_id, b.remaining_secs, b.reason
+        );
+    }
+}
+
 fn print_stats(s: &StatsSnapshot) {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
@@ -231,6 +284,14 @@ fn print_stats(s: &StatsSnapshot) {
         mib(s.bytes_served),
         s.blobs_served,
         s.manifests_served
+    );
+    println!(
+        "peers:   {} connected, {:.1} MiB received, {:.1} MiB sent, {} blobs fetched from peers, {} bad pieces refused",
+        s.peers,
+        mib(s.bytes_from_peers),
+        mib(s.bytes_to_peers),
+        s.peer_fetches,
+        s.bad_peer_pieces
     );
 }
 

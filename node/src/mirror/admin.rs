@@ -27,6 +27,17 @@ pub(super) async fn stats(State(node): State<Arc<Node>>) -> Result<Response, Mir
     Ok(axum::Json(snapshot).into_response())
 }
 
+/// `shoal peers`: this node's peer id and addresses, its peers, and its bans. A node
+/// without a fleet key answers 404 with what to do.
+pub(super) async fn peers(State(node): State<Arc<Node>>) -> Result<Response, MirrorError> {
+    match &node.p2p {
+        Some(p2p) => Ok(axum::Json(p2p.report()).into_response()),
+        None => Err(MirrorError::off(
+            "peer-to-peer exchange is off on this node: start it with --fleet-key FILE",
+        )),
+    }
+}
+
 #[derive(serde::Deserialize)]
 pub(super) struct InspectQuery {
     image: String,

@@ -44,6 +44,11 @@ impl MirrorError {
         )
     }
 
+    /// A node feature that is off, with what turns it on.
+    pub fn off(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "UNSUPPORTED", what)
+    }
+
     /// A method other than GET or HEAD.
     pub fn unsupported(method: &Method) -> Self {
         Self::new(

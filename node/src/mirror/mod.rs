@@ -65,6 +65,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v2/", get(api_root).head(api_root))
         .route("/v2", get(api_root).head(api_root))
         .route("/_shoal/stats", get(admin::stats))
+        .route("/_shoal/peers", get(admin::peers))
         .route("/_shoal/inspect", get(admin::inspect))
         .route("/_shoal/images", get(ops::images))
         .route("/_shoal/flat/mounts", get(flat::mounts))

@@ -13,6 +13,8 @@ const PROOF_KEY_CONTEXT: &str = "shoal fleet proof key v1";
 const FLEET_ID_CONTEXT: &str = "shoal fleet id v1";
 /// Context that turns a passphrase into a secret.
 const PASSPHRASE_CONTEXT: &str = "shoal fleet passphrase v1";
+/// BLAKE3 context of the members-only protocol names.
+const PRIVATE_NAMES_CONTEXT: &str = "shoal fleet private names v1";
 /// The first bytes of every proof transcript.
 const PROOF_DOMAIN: &[u8] = b"shoal fleet proof v1";
 
@@ -49,6 +51,9 @@ pub enum FleetKeyError {
 pub struct FleetKey {
     proof_key: [u8; 32],
     id: FleetId,
+    /// Names the fleet's members-only protocols; derived from the secret, so it is as
+    /// secret as the key (see [`FleetKey::private_protocol_name`]).
+    names: [u8; 32],
 }
 
 impl FleetKey {
@@ -57,6 +62,7 @@ impl FleetKey {
         FleetKey {
             proof_key: blake3::derive_key(PROOF_KEY_CONTEXT, secret),
             id: FleetId(blake3::derive_key(FLEET_ID_CONTEXT, secret)),
+            names: blake3::derive_key(PRIVATE_NAMES_CONTEXT, secret),
         }
     }
 
@@ -102,6 +108,19 @@ impl FleetKey {
     /// The fleet's public id.
     pub fn fleet_id(&self) -> FleetId {
         self.id
+    }
+
+    /// The libp2p protocol name of the members-only protocol `what` (such as `kad`):
+    /// `/shoal/<16 bytes of derive_key("shoal fleet private names v1", secret), hex>/<what>/1`.
+    ///
+    /// Unlike [`FleetId::protocol_name`], which names the handshake and is public, this
+    /// name can only be computed from the key. A node opens streams of such protocols
+    /// only to peers that passed the handshake (inside QUIC's encryption), so a node
+    /// outside the fleet never learns the name and cannot even negotiate the protocol:
+    /// that closes protocols whose libp2p implementation answers any caller (Kademlia),
+    /// which the node cannot otherwise gate per peer.
+    pub fn private_protocol_name(&self, what: &str) -> String {
+        format!("/shoal/{}/{what}/1", hex::encode(&self.names[..16]))
     }
 
     /// The proof that the holder of this key, as peer `prover`, answers the challenge

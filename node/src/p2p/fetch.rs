@@ -1,0 +1,753 @@
+//! Fetching one blob from peers: pieces from several peers at once, rarest first, with
+//! an end-game, every piece checked against its BLAKE3 id before it is stored, the
+//! whole blob against its sha256 before it counts.
+//!
+//! # Shape
+//! One coordinator (the blob's fetch task, [`fetch_from_peers`]) owns the state: which
+//! pieces are held, requested, and available where. One worker per peer owns a
+//! stream to it: it asks for the blob map, then for the pieces the coordinator assigns
+//! it (pipelined: the next request goes out before the answers to the last end), and
+//! reports what arrived. Workers check each piece against the id they were told to
+//! expect, in parallel; the coordinator stores pieces and advances the sha256 over the
+//! contiguous prefix as they land.
+//!
+//! # Trust
+//! Piece ids come from peers' maps, so they are hints: a piece that matches its id can
+//! still belong to a lie told consistently. The sha256 of the whole blob decides. A
+//! peer whose piece does not match the id it was asked for, or that answers out of
+//! order, is banned at once; if the assembled blob's sha256 is wrong, every peer whose
+//! map supplied ids is banned and the partial is dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::io::AsyncReadExt;
+use libp2p::PeerId;
+use shoal_protocol::digest::DigestHasher;
+use shoal_protocol::wire::{MAX_REQUEST_PIECES, Message, Unavailable};
+use shoal_protocol::{Digest, PieceId, PieceLayout};
+use tokio::sync::{mpsc, watch};
+
+use super::P2p;
+use super::io::{FrameReader, FrameWriter, StreamError};
+use crate::blobs::FetchState;
+use crate::stats::Stats;
+use crate::store::{Store, StoreError, read_piece};
+
+/// Pieces requested from one peer and not yet answered.
+const WINDOW: usize = 12;
+/// Most peers one blob is fetched from at once.
+const MAX_PEERS: usize = 8;
+/// How often a peer whose map is incomplete is asked again.
+const MAP_REFRESH: Duration = Duration::from_millis(150);
+
+/// Why peers did not deliver a blob (the caller turns to the origin).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerFetchError {
+    /// No peer answered with the blob.
+    #[error("no peer holds {0}")]
+    NoPeers(Digest),
+    /// Peers held it but stopped delivering.
+    #[error("peers stopped delivering {digest} after {got} of {size} bytes: {why}")]
+    Stalled {
+        /// The blob.
+        digest: Digest,
+        /// Bytes stored so far (kept, to be resumed).
+        got: u64,
+        /// Its size.
+        size: u64,
+        /// What happened.
+        why: String,
+    },
+    /// The pieces peers sent assemble into the wrong blob; nothing was kept.
+    #[error("pieces from peers for {expected} hash to {actual}; the peers that described it were banned")]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: Digest,
+        /// What the bytes hashed to.
+        actual: Digest,
+    },
+    /// The store failed.
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+    /// A blocking task died (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a worker tells the coordinator.
+enum Report {
+    Map {
+        peer: PeerId,
+        size: u64,
+        start: u32,
+        pieces: Vec<Option<PieceId>>,
+        complete: bool,
+    },
+    Arrived {
+        peer: PeerId,
+        index: u32,
+        bytes: Bytes,
+    },
+    Unavailable {
+        peer: PeerId,
+        index: u32,
+    },
+    /// The peer holds nothing of the blob, or the stream ended.
+    Gone {
+        peer: PeerId,
+        why: String,
+    },
+    /// The peer broke the protocol or sent bad bytes: ban it.
+    Lied {
+        peer: PeerId,
+        why: String,
+    },
+}
+
+/// What the coordinator asks of a worker.
+enum Work {
+    Pieces(Vec<(u32, PieceId)>),
+    Map { start: u32 },
+}
+
+/// What a worker's reader expects next, in the order requests went out.
+enum Expect {
+    Map { start: u32 },
+    Piece { index: u32, id: PieceId },
+}
+
+struct Slot {
+    work: mpsc::UnboundedSender<Work>,
+    /// Pieces the peer said it holds.
+    avail: Vec<bool>,
+    complete: bool,
+    /// Requested and not answered.
+    outstanding: HashSet<u32>,
+    last_progress: Instant,
+    map_pending: bool,
+    last_map: Instant,
+    supplied_ids: bool,
+}
+
+/// Fetches `digest` from peers into the store, publishing progress on `tx`. `known`
+/// holds the pieces already stored (a resumed partial); `expected_size` is the
+/// descriptor's size when the caller knows it.
+pub async fn fetch_from_peers(
+    p2p: &Arc<P2p>,
+    digest: Digest,
+    expected_size: Option<u64>,
+    tx: &watch::Sender<FetchState>,
+    candidates: Vec<PeerId>,
+) -> Result<(), PeerFetchError> {
+    let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let mut slots: HashMap<PeerId, Slot> = HashMap::new();
+    for peer in candidates.into_iter().take(MAX_PEERS) {
+        let (work_tx, work_rx) = mpsc::unbounded_channel();
+        tokio::spawn(worker(
+            Arc::clone(p2p),
+            peer,
+            digest,
+            work_rx,
+            reports_tx.clone(),
+        ));
+        // Every worker starts by asking for the first page of the map.
+        let _ = work_tx.send(Work::Map { start: 0 });
+        slots.insert(
+            peer,
+            Slot {
+                work: work_tx,
+                avail: Vec::new(),
+                complete: false,
+                outstanding: HashSet::new(),
+                last_progress: Instant::now(),
+                map_pending: true,
+                last_map: Instant::now(),
+                supplied_ids: false,
+            },
+        );
+    }
+    drop(reports_tx);
+    if slots.is_empty() {
+        return Err(PeerFetchError::NoPeers(digest));
+    }
+    let store = Arc::clone(&p2p.store);
+    let mut state: Option<Assembly> = None;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let report = tokio::select! {
+            r = reports.recv() => r,
+            _ = tick.tick() => None,
+        };
+        // Timeouts and map refreshes, on every wake-up.
+        let now = Instant::now();
+        let Some(a) = state.as_mut() else {
+            if let Some(report) = report {
+                match report {
+                    Report::Map {
+                        peer,
+                        size,
+                        start,
+                        pieces,
+                        complete,
+                    } => {
+                        if expected_size.is_some_and(|s| s != size) {
+                            lied(p2p, &mut slots, peer, "its map gives the wrong size");
+                        } else {
+                            let mut a =
+                                Assembly::start(digest, size, tx, Arc::clone(&store)).await?;
+                            a.on_map(&mut slots, peer, start, pieces, complete);
+                            state = Some(a);
+                        }
+                    }
+                    Report::Gone { peer, .. } | Report::Lied { peer, .. } => {
+                        slots.remove(&peer);
+                    }
+                    _ => {}
+                }
+            }
+            if slots.is_empty() || (state.is_none() && now - started > p2p.config.lookup_deadline)
+            {
+                return Err(PeerFetchError::NoPeers(digest));
+            }
+            if let Some(a) = state.as_mut() {
+                a.assign_all(&mut slots);
+            }
+            continue;
+        };
+        if let Some(report) = report {
+            match report {
+                Report::Map {
+                    peer,
+                    size,
+                    start,
+                    pieces,
+                    complete,
+                } => {
+                    if size != a.layout.size() {
+                        lied(p2p, &mut slots, peer, "its map gives another size");
+                    } else {
+                        a.on_map(&mut slots, peer, start, pieces, complete);
+                    }
+                }
+                Report::Arrived { peer, index, bytes } => {
+                    if let Some(slot) = slots.get_mut(&peer) {
+                        slot.outstanding.remove(&index);
+                        slot.last_progress = now;
+                    }
+                    a.in_flight.remove(&index);
+                    if !a.held[index as usize] {
+                        let len = bytes.len() as u64;
+                        a.store(index, bytes).await?;
+                        Stats::add(&p2p.stats.bytes_from_peers, len);
+                        p2p.table.add_from(&peer, len);
+                    }
+                }
+                Report::Unavailable { peer, index } => {
+                    if let Some(slot) = slots.get_mut(&peer) {
+                        slot.outstanding.remove(&index);
+                        if let Some(v) = slot.avail.get_mut(index as usize) {
+                            *v = false;
+                        }
+                        slot.complete = false;
+                    }
+                    a.in_flight.remove(&index);
+                }
+                Report::Gone { peer, why } => {
+                    tracing::debug!(%peer, %digest, "peer left the transfer: {why}");
+                    a.release(&mut slots, peer);
+                }
+                Report::Lied { peer, why } => {
+                    a.release(&mut slots, peer);
+                    lied(p2p, &mut slots, peer, &why);
+                }
+            }
+        }
+        if a.done() {
+            let a = state.take().expect("`a` borrows it");
+            return a.finish(p2p, &slots).await;
+        }
+        // Stalled peers lose their requests; incomplete maps are refreshed.
+        let stalled: Vec<PeerId> = slots
+            .iter()
+            .filter(|(_, s)| {
+                !s.outstanding.is_empty() && now - s.last_progress > p2p.config.stall_timeout
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in stalled {
+            tracing::warn!(%peer, %digest, "peer stalled; its requests go elsewhere");
+            a.release(&mut slots, peer);
+        }
+        for slot in slots.values_mut() {
+            if !slot.complete && !slot.map_pending && now - slot.last_map > MAP_REFRESH {
+                slot.map_pending = true;
+                slot.last_map = now;
+                let _ = slot.work.send(Work::Map { start: 0 });
+            }
+        }
+        a.assign_all(&mut slots);
+        if slots.is_empty() {
+            return Err(a.stalled("every peer left"));
+        }
+        if now - a.last_progress > p2p.config.stall_timeout {
+            return Err(a.stalled("no piece arrived in time"));
+        }
+    }
+}
+
+fn lied(p2p: &P2p, slots: &mut HashMap<PeerId, Slot>, peer: PeerId, why: &str) {
+    slots.remove(&peer);
+    Stats::add(&p2p.stats.bad_peer_pieces, 1);
+    p2p.ban(peer, why.to_owned());
+}
+
+/// The blob being put together.
+struct Assembly {
+    digest: Digest,
+    layout: PieceLayout,
+    store: Arc<dyn Store>,
+    tx: watch::Sender<FetchState>,
+    ids: Vec<Option<PieceId>>,
+    held: Vec<bool>,
+    in_flight: HashMap<u32, u8>,
+    hasher: Option<DigestHasher>,
+    /// The sha256 covers pieces `..hashed`.
+    hashed: u64,
+    last_progress: Instant,
+    held_bytes: u64,
+}
+
+impl Assembly {
+    async fn start(
+        digest: Digest,
+        size: u64,
+        tx: &watch::Sender<FetchState>,
+        store: Arc<dyn Store>,
+    ) -> Result<Assembly, PeerFetchError> {
+        let layout = PieceLayout::new(size);
+        let count = layout.count() as usize;
+        // Pieces a previous fetch stored are kept (a partial of the same size).
+        let d = digest;
+        let s2 = Arc::clone(&store);
+        let partial = tokio::task::spawn_blocking(move || s2.partial(&d))
+            .await
+            .map_err(|e| PeerFetchError::Internal(e.to_string()))??;
+        let mut ids = vec![None; count];
+        let mut held = vec![false; count];
+        if let Some(p) = partial {
+            for i in 0..count {
+                if let Some(id) = p.piece_at(i as u64) {
+                    ids[i] = Some(id);
+                    held[i] = true;
+                }
+            }
+        }
+        let held_bytes = (0..count)
+            .filter(|i| held[*i])
+            .map(|i| {
+                let r = layout.range(i as u64);
+                r.end - r.start
+            })
+            .sum();
+        let tx = tx.clone();
+        tx.send_modify(|s| {
+            s.size = Some(size);
+            s.pieces = ids.clone();
+        });
+        let mut a = Assembly {
+            digest,
+            layout,
+            store,
+            tx,
+            ids,
+            held,
+            in_flight: HashMap::new(),
+            hasher: Some(DigestHasher::new()),
+            hashed: 0,
+            last_progress: Instant::now(),
+            held_bytes,
+        };
+        a.advance_hash(None).await?;
+        Ok(a)
+    }
+
+    fn on_map(
+        &mut self,
+        slots: &mut HashMap<PeerId, Slot>,
+        peer: PeerId,
+        start: u32,
+        pieces: Vec<Option<PieceId>>,
+        complete: bool,
+    ) {
+        let count = self.ids.len();
+        let Some(slot) = slots.get_mut(&peer) else {
+            return;
+        };
+        slot.avail.resize(count, false);
+        let mut conflict = false;
+        for (offset, id) in pieces.iter().enumerate() {
+            let i = start as usize + offset;
+            let Some(id) = id else { continue };
+            match self.ids[i] {
+                None => {
+                    self.ids[i] = Some(*id);
+                    slot.supplied_ids = true;
+                    slot.avail[i] = true;
+                }
+                Some(known) if known == *id => slot.avail[i] = true,
+                // Another peer (or the store) named another id for this piece: one of
+                // them lies. Do not ask this peer for it; the sha256 will tell.
+                Some(_) => conflict = true,
+            }
+        }
+        if conflict {
+            tracing::warn!(%peer, digest = %self.digest, "peer's map disagrees with another's");
+        }
+        let end = start as usize + pieces.len();
+        if end < count {
+            // Another page follows.
+            let _ = slot.work.send(Work::Map { start: end as u32 });
+        } else {
+            slot.map_pending = false;
+            slot.complete = complete && !conflict;
+        }
+    }
+
+    /// Gives every peer work up to its window.
+    fn assign_all(&mut self, slots: &mut HashMap<PeerId, Slot>) {
+        let peers: Vec<PeerId> = slots.keys().copied().collect();
+        for peer in peers {
+            self.assign(slots, peer);
+        }
+    }
+
+    fn assign(&mut self, slots: &mut HashMap<PeerId, Slot>, peer: PeerId) {
+        let Some(room) = slots
+            .get(&peer)
+            .map(|s| WINDOW.saturating_sub(s.outstanding.len()))
+        else {
+            return;
+        };
+        if room == 0 {
+            return;
+        }
+        let count = self.ids.len();
+        // How many peers hold each piece: the rarest go first, lowest index among equals
+        // (which keeps a fleet of complete peers streaming in order).
+        let mut candidates: Vec<(usize, usize)> = Vec::new();
+        let mut endgame: Vec<(usize, usize)> = Vec::new();
+        let slot = &slots[&peer];
+        for i in 0..count {
+            if self.held[i] || self.ids[i].is_none() || !slot.avail.get(i).copied().unwrap_or(false)
+            {
+                continue;
+            }
+            if slot.outstanding.contains(&(i as u32)) {
+                continue;
+            }
+            let rarity = slots
+                .values()
+                .filter(|s| s.avail.get(i).copied().unwrap_or(false))
+                .count();
+            match self.in_flight.get(&(i as u32)) {
+                None => candidates.push((rarity, i)),
+                Some(&copies) if copies < 2 => endgame.push((rarity, i)),
+                Some(_) => {}
+            }
+        }
+        candidates.sort();
+        let mut picked: Vec<usize> = candidates.into_iter().take(room).map(|(_, i)| i).collect();
+        // End-game: nothing left that is not already requested, so ask a second peer
+        // for what is outstanding; the first answer wins.
+        if picked.is_empty() && self.in_flight.len() >= self.missing() {
+            endgame.sort();
+            picked = endgame.into_iter().take(room.min(4)).map(|(_, i)| i).collect();
+        }
+        if picked.is_empty() {
+            return;
+        }
+        let slot = slots.get_mut(&peer).expect("checked above");
+        let mut batch = Vec::with_capacity(picked.len());
+        for i in picked {
+            // `ids[i]` is Some: filtered above.
+            let id = self.ids[i].expect("filtered");
+            batch.push((i as u32, id));
+            slot.outstanding.insert(i as u32);
+            *self.in_flight.entry(i as u32).or_insert(0) += 1;
+        }
+        if slot.outstanding.len() == batch.len() {
+            slot.last_progress = Instant::now();
+        }
+        for chunk in batch.chunks(MAX_REQUEST_PIECES) {
+            let _ = slot.work.send(Work::Pieces(chunk.to_vec()));
+        }
+    }
+
+    fn missing(&self) -> usize {
+        self.held.iter().filter(|h| !**h).count()
+    }
+
+    /// Takes `peer` out of the transfer and frees what it was asked for.
+    fn release(&mut self, slots: &mut HashMap<PeerId, Slot>, peer: PeerId) {
+        if let Some(slot) = slots.remove(&peer) {
+            for i in slot.outstanding {
+                if let Some(c) = self.in_flight.get_mut(&i) {
+                    *c = c.saturating_sub(1);
+                    if *c == 0 {
+                        self.in_flight.remove(&i);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn store(&mut self, index: u32, bytes: Bytes) -> Result<(), PeerFetchError> {
+        let (store, digest, size) = (Arc::clone(&self.store), self.digest, self.layout.size());
+        let kept = bytes.clone();
+        let id = tokio::task::spawn_blocking(move || {
+            store.put_piece(&digest, size, u64::from(index), &kept)
+        })
+        .await
+        .map_err(|e| PeerFetchError::Internal(e.to_string()))??;
+        self.ids[index as usize] = Some(id);
+        self.held[index as usize] = true;
+        self.held_bytes += bytes.len() as u64;
+        self.last_progress = Instant::now();
+        self.tx
+            .send_modify(|s| s.pieces[index as usize] = Some(id));
+        self.advance_hash(Some((index, bytes))).await
+    }
+
+    /// Feeds the sha256 every held piece that now follows its prefix; `fresh` is a piece
+    /// just stored, whose bytes are at hand.
+    async fn advance_hash(&mut self, fresh: Option<(u32, Bytes)>) -> Result<(), PeerFetchError> {
+        let count = self.ids.len() as u64;
+        let mut next = Vec::new();
+        let mut i = self.hashed;
+        while i < count && self.held[i as usize] {
+            next.push((i, self.ids[i as usize].expect("held pieces have ids")));
+            i += 1;
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut hasher = self.hasher.take().expect("the hasher is put back after each step");
+        let store = Arc::clone(&self.store);
+        let hasher = tokio::task::spawn_blocking(move || -> Result<DigestHasher, PeerFetchError> {
+            for (index, id) in next {
+                match &fresh {
+                    Some((f, bytes)) if u64::from(*f) == index => hasher.update(bytes),
+                    _ => {
+                        let bytes = read_piece(store.as_ref(), &id).map_err(|e| {
+                            PeerFetchError::Internal(format!("re-reading piece {index}: {e}"))
+                        })?;
+                        hasher.update(&bytes);
+                    }
+                }
+            }
+            Ok(hasher)
+        })
+        .await
+        .map_err(|e| PeerFetchError::Internal(e.to_string()))??;
+        self.hasher = Some(hasher);
+        self.hashed = i;
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.hashed == self.ids.len() as u64
+    }
+
+    fn stalled(&self, why: &str) -> PeerFetchError {
+        PeerFetchError::Stalled {
+            digest: self.digest,
+            got: self.held_bytes,
+            size: self.layout.size(),
+            why: why.to_owned(),
+        }
+    }
+
+    async fn finish(
+        mut self,
+        p2p: &P2p,
+        slots: &HashMap<PeerId, Slot>,
+    ) -> Result<(), PeerFetchError> {
+        let actual = self.hasher.take().expect("present until finish").finish();
+        let (store, digest, size) = (Arc::clone(&self.store), self.digest, self.layout.size());
+        if actual != digest {
+            Stats::add(&p2p.stats.digest_mismatches, 1);
+            for (peer, slot) in slots {
+                if slot.supplied_ids {
+                    p2p.ban(*peer, format!("its pieces of {digest} hash to {actual}"));
+                }
+            }
+            tokio::task::spawn_blocking(move || store.discard_partial(&digest))
+                .await
+                .map_err(|e| PeerFetchError::Internal(e.to_string()))??;
+            return Err(PeerFetchError::DigestMismatch {
+                expected: digest,
+                actual,
+            });
+        }
+        tokio::task::spawn_blocking(move || store.complete(&digest, size, None))
+            .await
+            .map_err(|e| PeerFetchError::Internal(e.to_string()))??;
+        Stats::add(&p2p.stats.peer_fetches, 1);
+        Ok(())
+    }
+}
+
+/// One peer's side of a transfer: a stream, requests out, answers checked and reported.
+async fn worker(
+    p2p: Arc<P2p>,
+    peer: PeerId,
+    digest: Digest,
+    mut work: mpsc::UnboundedReceiver<Work>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let stream = match p2p.open_wire(peer).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = reports.send(Report::Gone {
+                peer,
+                why: e.to_string(),
+            });
+            return;
+        }
+    };
+    let (read, write) = stream.split();
+    let (expect_tx, mut expect_rx) = mpsc::unbounded_channel::<Expect>();
+    let writer = async move {
+        let mut writer = FrameWriter::new(write);
+        while let Some(w) = work.recv().await {
+            let message = match w {
+                Work::Map { start } => {
+                    let _ = expect_tx.send(Expect::Map { start });
+                    Message::BlobMapRequest { digest, start }
+                }
+                Work::Pieces(batch) => {
+                    let indices = batch.iter().map(|(i, _)| *i).collect();
+                    for (index, id) in batch {
+                        let _ = expect_tx.send(Expect::Piece { index, id });
+                    }
+                    Message::PieceRequest { digest, indices }
+                }
+            };
+            writer.send(&message).await?;
+        }
+        // The coordinator is done with this peer.
+        let _ = writer.send(&Message::Bye).await;
+        writer.close().await
+    };
+    let reader_reports = reports.clone();
+    let reader = async move {
+        let mut reader = FrameReader::new(read);
+        let mut layout: Option<PieceLayout> = None;
+        loop {
+            let Some(message) = reader.recv().await? else {
+                return Ok::<_, StreamError>(Some("the peer closed the stream".to_owned()));
+            };
+            // Every request is queued here before it is sent, so an answer with
+            // nothing queued was never asked for.
+            let Ok(expected) = expect_rx.try_recv() else {
+                let _ = reader_reports.send(Report::Lied {
+                    peer,
+                    why: format!("sent {} unasked", message.kind().name()),
+                });
+                return Ok(None);
+            };
+            let report = match (expected, message) {
+                (
+                    Expect::Map { start },
+                    Message::BlobMap {
+                        digest: d,
+                        size,
+                        start: s,
+                        pieces,
+                        complete,
+                    },
+                ) if d == digest && s == start => {
+                    layout = Some(PieceLayout::new(size));
+                    Report::Map {
+                        peer,
+                        size,
+                        start,
+                        pieces,
+                        complete,
+                    }
+                }
+                (
+                    Expect::Map { .. },
+                    Message::PieceUnavailable {
+                        digest: d,
+                        reason: Unavailable::UnknownBlob | Unavailable::Busy,
+                        ..
+                    },
+                ) if d == digest => Report::Gone {
+                    peer,
+                    why: "it does not hold the blob".into(),
+                },
+                (
+                    Expect::Piece { index, id },
+                    Message::Piece {
+                        digest: d,
+                        index: i,
+                        bytes,
+                    },
+                ) if d == digest && i == index => {
+                    let want = layout.map(|l| {
+                        let r = l.range(u64::from(index));
+                        r.end - r.start
+                    });
+                    if want != Some(bytes.len() as u64) {
+                        Report::Lied {
+                            peer,
+                            why: format!("piece {index} of {digest} has the wrong length"),
+                        }
+                    } else if !id.matches(&bytes) {
+                        Report::Lied {
+                            peer,
+                            why: format!("piece {index} of {digest} does not match its BLAKE3 id"),
+                        }
+                    } else {
+                        Report::Arrived { peer, index, bytes }
+                    }
+                }
+                (
+                    Expect::Piece { index, .. },
+                    Message::PieceUnavailable {
+                        digest: d,
+                        index: i,
+                        ..
+                    },
+                ) if d == digest && i == index => Report::Unavailable { peer, index },
+                (_, other) => Report::Lied {
+                    peer,
+                    why: format!("answered out of turn with {}", other.kind().name()),
+                },
+            };
+            let end = matches!(report, Report::Lied { .. } | Report::Gone { .. });
+            if reader_reports.send(report).is_err() || end {
+                return Ok(None);
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = writer => r.err().map(|e| e.to_string()),
+        r = reader => match r {
+            Ok(why) => why,
+            Err(StreamError::Wire(e)) => {
+                let _ = reports.send(Report::Lied { peer, why: format!("sent a bad frame: {e}") });
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        },
+    };
+    if let Some(why) = outcome {
+        let _ = reports.send(Report::Gone { peer, why });
+    }
+}

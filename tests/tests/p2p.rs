@@ -1,0 +1,214 @@
+//! A fleet of nodes on loopback, each its own process: the origin serves each blob to
+//! the fleet about once, peers keep serving when the origin is gone, a lying peer is
+//! caught and banned, and a node without the fleet key gets nothing.
+
+use std::time::Duration;
+
+use shoal_tests::engines::skopeo_copy;
+use shoal_tests::fleet::{Fleet, random_key};
+use shoal_tests::image::{Layer, Layout, noise};
+
+/// Builds and pushes a two-layer image (about 9 MiB of incompressible files) as
+/// `repo:v1`; returns the manifest digest and the bytes the origin holds for it.
+fn push_image(fleet: &Fleet, repo: &str, seed: u64) -> anyhow::Result<(String, u64)> {
+    let mut layout = Layout::new(&fleet.path(&format!("layout-{repo}")))?;
+    let built = layout.image(
+        &[
+            Layer::new().file("base", noise(6 << 20, seed)),
+            Layer::new().file("app", noise(3 << 20, seed + 1)),
+        ],
+        "amd64",
+        Some("v1"),
+    )?;
+    layout.push("v1", &format!("{}/{repo}:v1", fleet.registry.addr), false, false)?;
+    let mut size = 0;
+    for d in &built.blobs {
+        size += layout.blob(d)?.len() as u64;
+    }
+    Ok((built.manifest.to_string(), size))
+}
+
+fn peers_of(fleet: &Fleet, i: usize) -> anyhow::Result<serde_json::Value> {
+    fleet.nodes[i].cli_json(&["peers"])
+}
+
+#[test]
+fn with_the_origin_stopped_the_fleet_still_serves_by_digest_and_by_last_known_tag()
+-> anyhow::Result<()> {
+    let mut fleet = Fleet::start(3, |i| {
+        if i == 2 {
+            vec!["--serve-stale-tags".into()]
+        } else {
+            vec![]
+        }
+    })?;
+    fleet.wait_meshed()?;
+    let (manifest, _) = push_image(&fleet, "swarm", 1)?;
+    let a = skopeo_copy(
+        &fleet.registries_conf(0)?,
+        &format!("{}/swarm:v1", fleet.alias),
+        &fleet.path("a"),
+        &[],
+    )?;
+    assert_eq!(a.manifest.to_string(), manifest);
+    fleet.registry.stop();
+
+    // B has never seen the image: by digest, everything comes from A.
+    let b = skopeo_copy(
+        &fleet.registries_conf(1)?,
+        &format!("{}/swarm@{manifest}", fleet.alias),
+        &fleet.path("b"),
+        &[],
+    )?;
+    assert_eq!(b, a, "B got other blobs than A");
+    let sb = fleet.nodes[1].stats()?;
+    assert_eq!(sb["bytes_from_origin"], 0, "{sb}");
+    assert!(sb["bytes_from_peers"].as_u64().unwrap_or(0) > 9 << 20, "{sb}");
+
+    // C never resolved the tag, the origin is down, and it is configured to serve
+    // stale tags: it answers from the fleet's last resolution.
+    let c = skopeo_copy(
+        &fleet.registries_conf(2)?,
+        &format!("{}/swarm:v1", fleet.alias),
+        &fleet.path("c"),
+        &[],
+    )?;
+    assert_eq!(c, a, "C got other blobs than A");
+    assert!(
+        fleet.nodes[2].log().contains("the fleet's last resolution"),
+        "C should say where the tag came from"
+    );
+    let sa = fleet.nodes[0].stats()?;
+    assert!(sa["bytes_to_peers"].as_u64().unwrap_or(0) > 9 << 20, "{sa}");
+    assert_eq!(sa["peers"], 2, "{sa}");
+    Ok(())
+}
+
+#[test]
+fn four_nodes_pulling_at_once_take_about_one_copy_from_the_origin() -> anyhow::Result<()> {
+    let fleet = Fleet::start(4, |_| vec![])?;
+    fleet.wait_meshed()?;
+    let (manifest, size) = push_image(&fleet, "rush", 11)?;
+    let before = fleet.proxy.bytes_down();
+    let confs: Vec<_> = (0..4)
+        .map(|i| fleet.registries_conf(i))
+        .collect::<anyhow::Result<_>>()?;
+    let image = format!("{}/rush:v1", fleet.alias);
+    let pulls: Vec<_> = (0..4)
+        .map(|i| {
+            let (conf, image, dest) = (confs[i].clone(), image.clone(), fleet.path(&format!("p{i}")));
+            std::thread::spawn(move || skopeo_copy(&conf, &image, &dest, &[]))
+        })
+        .collect();
+    let mut pulled = Vec::new();
+    for p in pulls {
+        pulled.push(p.join().map_err(|_| anyhow::anyhow!("a pull panicked"))??);
+    }
+    for p in &pulled {
+        assert_eq!(p.manifest.to_string(), manifest);
+        assert_eq!(p, &pulled[0]);
+    }
+    let origin = fleet.proxy.bytes_down() - before;
+    // Four tag resolutions and the manifest bodies are small beside the blobs; the
+    // blobs themselves must leave the origin about once.
+    assert!(
+        origin as f64 <= 1.1 * size as f64,
+        "origin sent {origin} bytes for an image of {size}"
+    );
+    let from_peers: u64 = (0..4)
+        .map(|i| fleet.nodes[i].stat("bytes_from_peers"))
+        .sum::<anyhow::Result<u64>>()?;
+    assert!(from_peers >= 2 * size, "peers moved only {from_peers} bytes");
+    Ok(())
+}
+
+#[test]
+fn a_lying_peer_is_banned_and_the_pull_completes_from_the_others() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(3, |i| {
+        if i == 1 {
+            vec!["--test-lie-to-peers".into()]
+        } else {
+            vec![]
+        }
+    })?;
+    fleet.wait_meshed()?;
+    let (manifest, _) = push_image(&fleet, "lies", 21)?;
+    for i in 0..2 {
+        skopeo_copy(
+            &fleet.registries_conf(i)?,
+            &format!("{}/lies:v1", fleet.alias),
+            &fleet.path(&format!("warm{i}")),
+            &[],
+        )?;
+    }
+    fleet.registry.stop();
+    let victim = skopeo_copy(
+        &fleet.registries_conf(2)?,
+        &format!("{}/lies@{manifest}", fleet.alias),
+        &fleet.path("victim"),
+        &[],
+    )?;
+    assert_eq!(victim.manifest.to_string(), manifest);
+    let s = fleet.nodes[2].stats()?;
+    assert!(s["bad_peer_pieces"].as_u64().unwrap_or(0) >= 1, "{s}");
+    let peers = peers_of(&fleet, 2)?;
+    let liar = peers_of(&fleet, 1)?["peer_id"].clone();
+    let banned = peers["banned"].as_array().cloned().unwrap_or_default();
+    assert!(
+        banned.iter().any(|b| b["peer_id"] == liar),
+        "the liar is not banned: {peers}"
+    );
+    // What the victim stores is right: fsck finds nothing.
+    let out = fleet.nodes[2].cli(&["fsck"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
+#[test]
+fn a_node_without_the_fleet_key_gets_nothing() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(2, |_| vec![])?;
+    fleet.wait_meshed()?;
+    let (manifest, _) = push_image(&fleet, "closed", 31)?;
+    skopeo_copy(
+        &fleet.registries_conf(0)?,
+        &format!("{}/closed:v1", fleet.alias),
+        &fleet.path("warm"),
+        &[],
+    )?;
+    fleet.registry.stop();
+    let other_key = fleet.path("other.key");
+    std::fs::write(&other_key, random_key())?;
+    let stranger = fleet.add_node("stranger", Some(&other_key), &[])?;
+    // Give the stranger time to try every bootstrap peer.
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = stranger.cli_json(&["peers"])?;
+    let verified = seen["peers"]
+        .as_array()
+        .map(|a| a.iter().filter(|p| p["verified"] == true).count())
+        .unwrap_or(0);
+    assert_eq!(verified, 0, "the stranger verified a peer: {seen}");
+    let conf = fleet.path("stranger.conf");
+    std::fs::write(&conf, stranger.configure("podman", &["--only", &fleet.alias])?)?;
+    let pull = skopeo_copy(
+        &conf,
+        &format!("{}/closed@{manifest}", fleet.alias),
+        &fleet.path("stolen"),
+        &[],
+    );
+    assert!(pull.is_err(), "the stranger pulled the image");
+    for node in &fleet.nodes {
+        let s = node.stats()?;
+        assert_eq!(s["bytes_to_peers"], 0, "a member sent bytes: {s}");
+        let peers = node.cli_json(&["peers"])?;
+        let stranger_id = seen["peer_id"].clone();
+        let listed = peers["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .any(|p| p["peer_id"] == stranger_id && p["verified"] == true);
+        assert!(!listed, "a member trusts the stranger: {peers}");
+    }
+    assert_eq!(stranger.stat("bytes_from_peers")?, 0);
+    Ok(())
+}
