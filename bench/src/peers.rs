@@ -71,7 +71,13 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
         dir.path(),
         "warm",
         &registry.url(),
-        &["--fleet-key", &key_arg, "--p2p-listen", &warm_p2p, "--no-mdns"],
+        &[
+            "--fleet-key",
+            &key_arg,
+            "--p2p-listen",
+            &warm_p2p,
+            "--no-mdns",
+        ],
     )?;
     fetch(
         &format!("{}/v2/bench/blobs/{layer}", warm.url()),
@@ -98,9 +104,11 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
                 "--no-mdns",
             ],
         )?;
-        wait_until("the cold node verifies the warm one", Duration::from_secs(30), || {
-            Ok(cold.stat("peers")? >= 1)
-        })
+        wait_until(
+            "the cold node verifies the warm one",
+            Duration::from_secs(30),
+            || Ok(cold.stat("peers")? >= 1),
+        )
         .with_context(|| cold.log_tail())?;
         peer.push(mb_s(
             size,

@@ -669,9 +669,14 @@ async fn piece_id_when_ready(
             match &s.outcome {
                 Outcome::Failed(e) => return Err(clone_err(e)),
                 Outcome::Complete => {
-                    return s.pieces.get(index as usize).copied().flatten().ok_or_else(|| {
-                        BlobError::Internal(format!("fetch completed without piece {index}"))
-                    });
+                    return s
+                        .pieces
+                        .get(index as usize)
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| {
+                            BlobError::Internal(format!("fetch completed without piece {index}"))
+                        });
                 }
                 Outcome::Running if !is_last => {
                     if let Some(Some(id)) = s.pieces.get(index as usize) {

@@ -97,15 +97,27 @@ impl Fleet {
         let want = self.nodes.len() - 1;
         for node in &self.nodes {
             let mut last = serde_json::Value::Null;
-            wait_until("a full mesh of verified peers", Duration::from_secs(40), || {
-                last = node.cli_json(&["peers"])?;
-                let verified = last["peers"]
-                    .as_array()
-                    .map(|a| a.iter().filter(|p| p["verified"] == true).count())
-                    .unwrap_or(0);
-                Ok(verified >= want)
-            })
-            .with_context(|| format!("peers: {last}\n{}", node.log_tail()))?;
+            wait_until(
+                "a full mesh of verified peers",
+                Duration::from_secs(40),
+                || {
+                    last = node.cli_json(&["peers"])?;
+                    let verified = last["peers"]
+                        .as_array()
+                        .map(|a| a.iter().filter(|p| p["verified"] == true).count())
+                        .unwrap_or(0);
+                    Ok(verified >= want)
+                },
+            )
+            .with_context(|| {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| format!("--- node {i}:\n{}", n.log_tail()))
+                    .collect();
+                format!("peers: {last}\n{}", logs.join("\n"))
+            })?;
         }
         Ok(())
     }

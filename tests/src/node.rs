@@ -130,7 +130,7 @@ impl Node {
     fn launch(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(shoal_binary()?);
         cmd.args(&self.args)
-            .env("RUST_LOG", "info,shoal_node=debug");
+            .env("RUST_LOG", "info,shoal_node=debug,libp2p_stream=debug");
         let mut daemon = Daemon::spawn("shoal node", &mut cmd, &self.log)?;
         wait_for_port(&mut daemon, &self.addr, Duration::from_secs(30))?;
         self.daemon = Some(daemon);

@@ -11,16 +11,31 @@ use shoal_tests::image::{Layer, Layout, noise};
 /// Builds and pushes a two-layer image (about 9 MiB of incompressible files) as
 /// `repo:v1`; returns the manifest digest and the bytes the origin holds for it.
 fn push_image(fleet: &Fleet, repo: &str, seed: u64) -> anyhow::Result<(String, u64)> {
+    push_sized(fleet, repo, seed, 6)
+}
+
+/// Like [`push_image`], with a base layer of `base_mib` MiB.
+fn push_sized(
+    fleet: &Fleet,
+    repo: &str,
+    seed: u64,
+    base_mib: usize,
+) -> anyhow::Result<(String, u64)> {
     let mut layout = Layout::new(&fleet.path(&format!("layout-{repo}")))?;
     let built = layout.image(
         &[
-            Layer::new().file("base", noise(6 << 20, seed)),
+            Layer::new().file("base", noise(base_mib << 20, seed)),
             Layer::new().file("app", noise(3 << 20, seed + 1)),
         ],
         "amd64",
         Some("v1"),
     )?;
-    layout.push("v1", &format!("{}/{repo}:v1", fleet.registry.addr), false, false)?;
+    layout.push(
+        "v1",
+        &format!("{}/{repo}:v1", fleet.registry.addr),
+        false,
+        false,
+    )?;
     let mut size = 0;
     for d in &built.blobs {
         size += layout.blob(d)?.len() as u64;
@@ -51,9 +66,14 @@ fn with_the_origin_stopped_the_fleet_still_serves_by_digest_and_by_last_known_ta
         &[],
     )?;
     assert_eq!(a.manifest.to_string(), manifest);
+    // The fleet took one copy from the origin (some of it through whichever node was
+    // elected to fetch a blob for A).
+    let origin = fleet.proxy.bytes_down();
+    assert!(origin < (9 << 20) + (1 << 20), "origin sent {origin} bytes");
     fleet.registry.stop();
+    let before = fleet.nodes[1].stats()?;
 
-    // B has never seen the image: by digest, everything comes from A.
+    // B has not pulled the image: by digest, what it lacks comes from the fleet.
     let b = skopeo_copy(
         &fleet.registries_conf(1)?,
         &format!("{}/swarm@{manifest}", fleet.alias),
@@ -62,8 +82,11 @@ fn with_the_origin_stopped_the_fleet_still_serves_by_digest_and_by_last_known_ta
     )?;
     assert_eq!(b, a, "B got other blobs than A");
     let sb = fleet.nodes[1].stats()?;
-    assert_eq!(sb["bytes_from_origin"], 0, "{sb}");
-    assert!(sb["bytes_from_peers"].as_u64().unwrap_or(0) > 9 << 20, "{sb}");
+    assert_eq!(sb["bytes_from_origin"], before["bytes_from_origin"], "{sb}");
+    assert!(
+        sb["bytes_from_peers"].as_u64() > before["bytes_from_peers"].as_u64(),
+        "{sb}"
+    );
 
     // C never resolved the tag, the origin is down, and it is configured to serve
     // stale tags: it answers from the fleet's last resolution.
@@ -79,7 +102,7 @@ fn with_the_origin_stopped_the_fleet_still_serves_by_digest_and_by_last_known_ta
         "C should say where the tag came from"
     );
     let sa = fleet.nodes[0].stats()?;
-    assert!(sa["bytes_to_peers"].as_u64().unwrap_or(0) > 9 << 20, "{sa}");
+    assert!(sa["bytes_to_peers"].as_u64().unwrap_or(0) > 0, "{sa}");
     assert_eq!(sa["peers"], 2, "{sa}");
     Ok(())
 }
@@ -96,7 +119,11 @@ fn four_nodes_pulling_at_once_take_about_one_copy_from_the_origin() -> anyhow::R
     let image = format!("{}/rush:v1", fleet.alias);
     let pulls: Vec<_> = (0..4)
         .map(|i| {
-            let (conf, image, dest) = (confs[i].clone(), image.clone(), fleet.path(&format!("p{i}")));
+            let (conf, image, dest) = (
+                confs[i].clone(),
+                image.clone(),
+                fleet.path(&format!("p{i}")),
+            );
             std::thread::spawn(move || skopeo_copy(&conf, &image, &dest, &[]))
         })
         .collect();
@@ -111,14 +138,33 @@ fn four_nodes_pulling_at_once_take_about_one_copy_from_the_origin() -> anyhow::R
     let origin = fleet.proxy.bytes_down() - before;
     // Four tag resolutions and the manifest bodies are small beside the blobs; the
     // blobs themselves must leave the origin about once.
+    let story = || -> String {
+        let mut out = String::new();
+        for (i, n) in fleet.nodes.iter().enumerate() {
+            for line in n.log().lines() {
+                if line.contains("blob fetched and verified")
+                    || line.contains("elected")
+                    || line.contains("origin instead")
+                    || line.contains("dropping inbound")
+                {
+                    out.push_str(&format!("node {i}: {line}\n"));
+                }
+            }
+        }
+        out
+    };
     assert!(
         origin as f64 <= 1.1 * size as f64,
-        "origin sent {origin} bytes for an image of {size}"
+        "origin sent {origin} bytes for an image of {size}\n{}",
+        story()
     );
     let from_peers: u64 = (0..4)
         .map(|i| fleet.nodes[i].stat("bytes_from_peers"))
         .sum::<anyhow::Result<u64>>()?;
-    assert!(from_peers >= 2 * size, "peers moved only {from_peers} bytes");
+    assert!(
+        from_peers >= 2 * size,
+        "peers moved only {from_peers} bytes"
+    );
     Ok(())
 }
 
@@ -132,7 +178,8 @@ fn a_lying_peer_is_banned_and_the_pull_completes_from_the_others() -> anyhow::Re
         }
     })?;
     fleet.wait_meshed()?;
-    let (manifest, _) = push_image(&fleet, "lies", 21)?;
+    // 40 pieces: more than one peer's window, so the victim asks both peers.
+    let (manifest, _) = push_sized(&fleet, "lies", 21, 40)?;
     for i in 0..2 {
         skopeo_copy(
             &fleet.registries_conf(i)?,
@@ -160,7 +207,11 @@ fn a_lying_peer_is_banned_and_the_pull_completes_from_the_others() -> anyhow::Re
     );
     // What the victim stores is right: fsck finds nothing.
     let out = fleet.nodes[2].cli(&["fsck"])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     Ok(())
 }
 
@@ -176,6 +227,11 @@ fn a_node_without_the_fleet_key_gets_nothing() -> anyhow::Result<()> {
         &[],
     )?;
     fleet.registry.stop();
+    let sent_before: Vec<u64> = fleet
+        .nodes
+        .iter()
+        .map(|n| n.stat("bytes_to_peers"))
+        .collect::<anyhow::Result<_>>()?;
     let other_key = fleet.path("other.key");
     std::fs::write(&other_key, random_key())?;
     let stranger = fleet.add_node("stranger", Some(&other_key), &[])?;
@@ -188,7 +244,10 @@ fn a_node_without_the_fleet_key_gets_nothing() -> anyhow::Result<()> {
         .unwrap_or(0);
     assert_eq!(verified, 0, "the stranger verified a peer: {seen}");
     let conf = fleet.path("stranger.conf");
-    std::fs::write(&conf, stranger.configure("podman", &["--only", &fleet.alias])?)?;
+    std::fs::write(
+        &conf,
+        stranger.configure("podman", &["--only", &fleet.alias])?,
+    )?;
     let pull = skopeo_copy(
         &conf,
         &format!("{}/closed@{manifest}", fleet.alias),
@@ -196,9 +255,12 @@ fn a_node_without_the_fleet_key_gets_nothing() -> anyhow::Result<()> {
         &[],
     );
     assert!(pull.is_err(), "the stranger pulled the image");
-    for node in &fleet.nodes {
+    for (node, before) in fleet.nodes.iter().zip(sent_before) {
         let s = node.stats()?;
-        assert_eq!(s["bytes_to_peers"], 0, "a member sent bytes: {s}");
+        assert_eq!(
+            s["bytes_to_peers"], before,
+            "a member sent the stranger bytes: {s}"
+        );
         let peers = node.cli_json(&["peers"])?;
         let stranger_id = seen["peer_id"].clone();
         let listed = peers["peers"]

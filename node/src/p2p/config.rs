@@ -157,7 +157,9 @@ mod tests {
             "garbage is refused"
         );
         assert_eq!(
-            quic_addr("/ip4/10.0.0.1/udp/9/quic-v1").unwrap().to_string(),
+            quic_addr("/ip4/10.0.0.1/udp/9/quic-v1")
+                .unwrap()
+                .to_string(),
             "/ip4/10.0.0.1/udp/9/quic-v1"
         );
         let tcp = quic_addr("/ip4/10.0.0.1/tcp/9").unwrap_err();
@@ -196,6 +198,9 @@ mod tests {
         assert_eq!(c.listen[0].to_string(), "/ip4/0.0.0.0/udp/7070/quic-v1");
         assert_eq!(c.bootstrap.len(), 1);
         assert!(!c.mdns);
-        assert_eq!(c.fleet_key.fleet_id(), FleetKey::from_secret(&[7; 32]).fleet_id());
+        assert_eq!(
+            c.fleet_key.fleet_id(),
+            FleetKey::from_secret(&[7; 32]).fleet_id()
+        );
     }
 }

@@ -58,7 +58,9 @@ pub(super) async fn fetch_through_elected(
         return Err(PeerFetchError::NoPeers(digest));
     }
     let asked = tokio::time::timeout(
-        p2p.config.lookup_deadline.max(std::time::Duration::from_secs(5)),
+        p2p.config
+            .lookup_deadline
+            .max(std::time::Duration::from_secs(5)),
         ask_to_fetch(p2p, chosen, source, digest),
     )
     .await;
@@ -174,6 +176,10 @@ mod tests {
             assert_eq!(best(&peers), best(&reversed));
             winners.insert(best(&peers));
         }
-        assert!(winners.len() >= 4, "64 blobs land on {} of 5 nodes", winners.len());
+        assert!(
+            winners.len() >= 4,
+            "64 blobs land on {} of 5 nodes",
+            winners.len()
+        );
     }
 }

@@ -62,7 +62,9 @@ pub enum PeerFetchError {
         why: String,
     },
     /// The pieces peers sent assemble into the wrong blob; nothing was kept.
-    #[error("pieces from peers for {expected} hash to {actual}; the peers that described it were banned")]
+    #[error(
+        "pieces from peers for {expected} hash to {actual}; the peers that described it were banned"
+    )]
     DigestMismatch {
         /// The digest asked for.
         expected: Digest,
@@ -99,6 +101,8 @@ enum Report {
     Gone {
         peer: PeerId,
         why: String,
+        /// The stream failed (worth another try), rather than the peer saying no.
+        transient: bool,
     },
     /// The peer broke the protocol or sent bad bytes: ban it.
     Lied {
@@ -145,34 +149,14 @@ pub async fn fetch_from_peers(
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let mut slots: HashMap<PeerId, Slot> = HashMap::new();
     for peer in candidates.into_iter().take(MAX_PEERS) {
-        let (work_tx, work_rx) = mpsc::unbounded_channel();
-        tokio::spawn(worker(
-            Arc::clone(p2p),
-            peer,
-            digest,
-            work_rx,
-            reports_tx.clone(),
-        ));
-        // Every worker starts by asking for the first page of the map.
-        let _ = work_tx.send(Work::Map { start: 0 });
-        slots.insert(
-            peer,
-            Slot {
-                work: work_tx,
-                avail: Vec::new(),
-                complete: false,
-                outstanding: HashSet::new(),
-                last_progress: Instant::now(),
-                map_pending: true,
-                last_map: Instant::now(),
-                supplied_ids: false,
-            },
-        );
+        slots.insert(peer, spawn_worker(p2p, peer, digest, &reports_tx));
     }
-    drop(reports_tx);
     if slots.is_empty() {
         return Err(PeerFetchError::NoPeers(digest));
     }
+    // Streams that failed to open or broke, per peer: retried a few times (a busy
+    // peer can drop a stream it had no time to accept).
+    let mut retries: HashMap<PeerId, u32> = HashMap::new();
     let store = Arc::clone(&p2p.store);
     let mut state: Option<Assembly> = None;
     let started = Instant::now();
@@ -203,14 +187,20 @@ pub async fn fetch_from_peers(
                             state = Some(a);
                         }
                     }
+                    Report::Gone {
+                        peer,
+                        transient: true,
+                        ..
+                    } if retry(p2p, &mut retries, peer) => {
+                        slots.insert(peer, spawn_worker(p2p, peer, digest, &reports_tx));
+                    }
                     Report::Gone { peer, .. } | Report::Lied { peer, .. } => {
                         slots.remove(&peer);
                     }
                     _ => {}
                 }
             }
-            if slots.is_empty() || (state.is_none() && now - started > p2p.config.lookup_deadline)
-            {
+            if slots.is_empty() || (state.is_none() && now - started > p2p.config.lookup_deadline) {
                 return Err(PeerFetchError::NoPeers(digest));
             }
             if let Some(a) = state.as_mut() {
@@ -256,9 +246,16 @@ pub async fn fetch_from_peers(
                     }
                     a.in_flight.remove(&index);
                 }
-                Report::Gone { peer, why } => {
+                Report::Gone {
+                    peer,
+                    why,
+                    transient,
+                } => {
                     tracing::debug!(%peer, %digest, "peer left the transfer: {why}");
                     a.release(&mut slots, peer);
+                    if transient && retry(p2p, &mut retries, peer) {
+                        slots.insert(peer, spawn_worker(p2p, peer, digest, &reports_tx));
+                    }
                 }
                 Report::Lied { peer, why } => {
                     a.release(&mut slots, peer);
@@ -296,6 +293,43 @@ pub async fn fetch_from_peers(
         if now - a.last_progress > p2p.config.stall_timeout {
             return Err(a.stalled("no piece arrived in time"));
         }
+    }
+}
+
+/// Most times a peer's stream is opened again within one transfer.
+const MAX_RETRIES: u32 = 2;
+
+fn retry(p2p: &P2p, retries: &mut HashMap<PeerId, u32>, peer: PeerId) -> bool {
+    let n = retries.entry(peer).or_insert(0);
+    *n += 1;
+    *n <= MAX_RETRIES && p2p.table.is_verified(&peer)
+}
+
+/// Starts the worker for `peer`; it begins by asking for the first page of the map.
+fn spawn_worker(
+    p2p: &Arc<P2p>,
+    peer: PeerId,
+    digest: Digest,
+    reports: &mpsc::UnboundedSender<Report>,
+) -> Slot {
+    let (work_tx, work_rx) = mpsc::unbounded_channel();
+    tokio::spawn(worker(
+        Arc::clone(p2p),
+        peer,
+        digest,
+        work_rx,
+        reports.clone(),
+    ));
+    let _ = work_tx.send(Work::Map { start: 0 });
+    Slot {
+        work: work_tx,
+        avail: Vec::new(),
+        complete: false,
+        outstanding: HashSet::new(),
+        last_progress: Instant::now(),
+        map_pending: true,
+        last_map: Instant::now(),
+        supplied_ids: false,
     }
 }
 
@@ -465,7 +499,11 @@ impl Assembly {
         // for what is outstanding; the first answer wins.
         if picked.is_empty() && self.in_flight.len() >= self.missing() {
             endgame.sort();
-            picked = endgame.into_iter().take(room.min(4)).map(|(_, i)| i).collect();
+            picked = endgame
+                .into_iter()
+                .take(room.min(4))
+                .map(|(_, i)| i)
+                .collect();
         }
         if picked.is_empty() {
             return;
@@ -517,8 +555,7 @@ impl Assembly {
         self.held[index as usize] = true;
         self.held_bytes += bytes.len() as u64;
         self.last_progress = Instant::now();
-        self.tx
-            .send_modify(|s| s.pieces[index as usize] = Some(id));
+        self.tx.send_modify(|s| s.pieces[index as usize] = Some(id));
         self.advance_hash(Some((index, bytes))).await
     }
 
@@ -535,24 +572,28 @@ impl Assembly {
         if next.is_empty() {
             return Ok(());
         }
-        let mut hasher = self.hasher.take().expect("the hasher is put back after each step");
+        let mut hasher = self
+            .hasher
+            .take()
+            .expect("the hasher is put back after each step");
         let store = Arc::clone(&self.store);
-        let hasher = tokio::task::spawn_blocking(move || -> Result<DigestHasher, PeerFetchError> {
-            for (index, id) in next {
-                match &fresh {
-                    Some((f, bytes)) if u64::from(*f) == index => hasher.update(bytes),
-                    _ => {
-                        let bytes = read_piece(store.as_ref(), &id).map_err(|e| {
-                            PeerFetchError::Internal(format!("re-reading piece {index}: {e}"))
-                        })?;
-                        hasher.update(&bytes);
+        let hasher =
+            tokio::task::spawn_blocking(move || -> Result<DigestHasher, PeerFetchError> {
+                for (index, id) in next {
+                    match &fresh {
+                        Some((f, bytes)) if u64::from(*f) == index => hasher.update(bytes),
+                        _ => {
+                            let bytes = read_piece(store.as_ref(), &id).map_err(|e| {
+                                PeerFetchError::Internal(format!("re-reading piece {index}: {e}"))
+                            })?;
+                            hasher.update(&bytes);
+                        }
                     }
                 }
-            }
-            Ok(hasher)
-        })
-        .await
-        .map_err(|e| PeerFetchError::Internal(e.to_string()))??;
+                Ok(hasher)
+            })
+            .await
+            .map_err(|e| PeerFetchError::Internal(e.to_string()))??;
         self.hasher = Some(hasher);
         self.hashed = i;
         Ok(())
@@ -615,6 +656,7 @@ async fn worker(
             let _ = reports.send(Report::Gone {
                 peer,
                 why: e.to_string(),
+                transient: true,
             });
             return;
         }
@@ -690,6 +732,7 @@ async fn worker(
                 ) if d == digest => Report::Gone {
                     peer,
                     why: "it does not hold the blob".into(),
+                    transient: false,
                 },
                 (
                     Expect::Piece { index, id },
@@ -748,6 +791,10 @@ async fn worker(
         },
     };
     if let Some(why) = outcome {
-        let _ = reports.send(Report::Gone { peer, why });
+        let _ = reports.send(Report::Gone {
+            peer,
+            why,
+            transient: true,
+        });
     }
 }

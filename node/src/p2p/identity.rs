@@ -32,7 +32,11 @@ pub fn load_or_create(dir: &Path) -> anyhow::Result<Keypair> {
                 )
             })?;
             if key.key_type() != libp2p::identity::KeyType::Ed25519 {
-                bail!("{} holds a {:?} key, not Ed25519", path.display(), key.key_type());
+                bail!(
+                    "{} holds a {:?} key, not Ed25519",
+                    path.display(),
+                    key.key_type()
+                );
             }
             Ok(key)
         }

@@ -275,7 +275,11 @@ impl P2p {
         holders.into_iter().chain(rest).collect()
     }
 
-    async fn greet_dialled(self: Arc<Self>, mut dialled: mpsc::UnboundedReceiver<PeerId>, hello: StreamProtocol) {
+    async fn greet_dialled(
+        self: Arc<Self>,
+        mut dialled: mpsc::UnboundedReceiver<PeerId>,
+        hello: StreamProtocol,
+    ) {
         while let Some(peer) = dialled.recv().await {
             if self.table.is_verified(&peer) {
                 continue;
@@ -288,7 +292,10 @@ impl P2p {
                     Ok(stream) => p2p.greeted(peer, Role::Dialer, stream).await,
                     Err(e) => {
                         // A node of another fleet does not know our fleet's hello.
-                        p2p.refuse(peer, format!("it does not speak this fleet's handshake: {e}"));
+                        p2p.refuse(
+                            peer,
+                            format!("it does not speak this fleet's handshake: {e}"),
+                        );
                     }
                 }
             });
@@ -306,14 +313,7 @@ impl P2p {
 
     async fn greeted(self: Arc<Self>, peer: PeerId, role: Role, stream: Stream) {
         let key: &FleetKey = &self.config.fleet_key;
-        let result = hello::run(
-            stream,
-            role,
-            key,
-            &self.local.to_bytes(),
-            &peer.to_bytes(),
-        )
-        .await;
+        let result = hello::run(stream, role, key, &self.local.to_bytes(), &peer.to_bytes()).await;
         match result {
             Ok(_) => {
                 if self.table.verify(&peer) {

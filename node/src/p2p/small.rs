@@ -22,7 +22,10 @@ impl P2p {
     /// that hash to it; `None` if no peer does. A peer whose bytes do not match is
     /// banned.
     pub async fn fetch_small(self: &Arc<Self>, digest: Digest) -> Option<bytes::Bytes> {
-        let deadline = self.config.lookup_deadline.max(std::time::Duration::from_secs(3));
+        let deadline = self
+            .config
+            .lookup_deadline
+            .max(std::time::Duration::from_secs(3));
         for peer in self.candidates(&digest) {
             match tokio::time::timeout(deadline, self.small_from(peer, digest)).await {
                 Ok(Ok(Some(bytes))) => {
@@ -32,10 +35,15 @@ impl P2p {
                         return Some(bytes);
                     }
                     Stats::add(&self.stats.bad_peer_pieces, 1);
-                    self.ban(peer, format!("it sent bytes for {digest} that hash to something else"));
+                    self.ban(
+                        peer,
+                        format!("it sent bytes for {digest} that hash to something else"),
+                    );
                 }
                 Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, %digest, "peer could not send a small blob: {e}"),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, %digest, "peer could not send a small blob: {e}")
+                }
                 Err(_) => tracing::debug!(%peer, %digest, "peer too slow with a small blob"),
             }
         }

@@ -55,8 +55,9 @@ pub(super) fn build(
     key: libp2p::identity::Keypair,
     config: &P2pConfig,
 ) -> anyhow::Result<Swarm<Behaviour>> {
-    let kad_protocol = StreamProtocol::try_from_owned(config.fleet_key.private_protocol_name("kad"))
-        .map_err(|e| anyhow::anyhow!("bad Kademlia protocol name: {e}"))?;
+    let kad_protocol =
+        StreamProtocol::try_from_owned(config.fleet_key.private_protocol_name("kad"))
+            .map_err(|e| anyhow::anyhow!("bad Kademlia protocol name: {e}"))?;
     let mdns_on = config.mdns;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -124,6 +125,8 @@ pub(super) struct Driver {
 
 /// How often bootstrap peers are dialled again while no connection to them is up.
 const REDIAL: Duration = Duration::from_secs(15);
+/// How long a connected peer may stay unverified before this side greets it again.
+const REGREET: Duration = Duration::from_secs(3);
 
 impl Driver {
     /// Runs until the node stops (the command channel closes).
@@ -138,6 +141,7 @@ impl Driver {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_redial = tokio::time::Instant::now();
         let mut last_kad_bootstrap: Option<tokio::time::Instant> = None;
+        let mut regreeted: HashMap<PeerId, tokio::time::Instant> = HashMap::new();
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => {
@@ -151,6 +155,17 @@ impl Driver {
                     for peer in self.table.expired_bans() {
                         self.swarm.behaviour_mut().blocked.unblock_peer(peer);
                     }
+                    // A handshake stream can be lost (a busy peer drops streams it had
+                    // no time to accept): greet a peer still unverified again, from
+                    // this side, every few seconds until the time limit.
+                    for peer in self.table.overdue(REGREET) {
+                        let due = regreeted.get(&peer).is_none_or(|t| t.elapsed() >= REGREET);
+                        if due {
+                            regreeted.insert(peer, tokio::time::Instant::now());
+                            let _ = self.dialled.send(peer);
+                        }
+                    }
+                    regreeted.retain(|p, _| self.table.is_connected(p) && !self.table.is_verified(p));
                     for peer in self.table.overdue(HELLO_TIMEOUT + Duration::from_secs(2)) {
                         tracing::warn!(%peer, "closing a connection that never proved fleet membership");
                         self.table.ban(peer, Duration::from_secs(60), "did not complete the fleet handshake".into());
@@ -280,7 +295,10 @@ impl Driver {
                 step,
                 ..
             })) => {
-                if let Ok(kad::GetProvidersOk::FoundProviders { providers: found, .. }) = result {
+                if let Ok(kad::GetProvidersOk::FoundProviders {
+                    providers: found, ..
+                }) = result
+                {
                     if let Some((acc, _)) = providers.get_mut(&id) {
                         acc.extend(found);
                     }

@@ -80,7 +80,12 @@ impl P2p {
 }
 
 /// Answers a peer's `TagRequest` from this node's tag records.
-pub(super) async fn tag_for_peer(p2p: &P2p, upstream: String, repo: String, tag: String) -> Message {
+pub(super) async fn tag_for_peer(
+    p2p: &P2p,
+    upstream: String,
+    repo: String,
+    tag: String,
+) -> Message {
     let store = Arc::clone(&p2p.store);
     let (u, r, t) = (upstream.clone(), repo.clone(), tag.clone());
     let record = tokio::task::spawn_blocking(move || {
