@@ -625,7 +625,7 @@ impl Tail {
     /// start at or after `from`.
     fn ends_archive_after(&self, from: u64, end: u64) -> bool {
         self.filled == self.ring.len()
-            && end % BLOCK == 0
+            && end.is_multiple_of(BLOCK)
             && end >= from.saturating_add(2 * BLOCK)
             && header::is_zero(&self.ring)
     }

@@ -211,10 +211,9 @@ impl Access {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .copied()
+            && at.elapsed() < VISIBILITY_FOR
         {
-            if at.elapsed() < VISIBILITY_FOR {
-                return public;
-            }
+            return public;
         }
         let anonymous = Upstream {
             credentials: None,

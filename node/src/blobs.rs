@@ -133,6 +133,15 @@ pub enum Outcome {
     Failed(Arc<BlobError>),
 }
 
+/// Bounds on a blob fetch from the origin.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchLimits {
+    /// Largest blob fetched (`max_blob_size`).
+    pub max_blob_size: u64,
+    /// Longest wait for the origin's next bytes (`[origin] stall_timeout_secs`).
+    pub stall_timeout: Duration,
+}
+
 /// What the node holds of a blob, for peers that ask.
 #[derive(Debug)]
 pub enum Holding {
@@ -204,8 +213,7 @@ impl Blobs {
         store: Arc<dyn Store>,
         origin: Arc<Origin>,
         stats: Arc<Stats>,
-        max_blob_size: u64,
-        stall_timeout: std::time::Duration,
+        limits: FetchLimits,
         completed: Option<mpsc::UnboundedSender<Digest>>,
         leases: Arc<Leases>,
         p2p: Option<Arc<P2p>>,
@@ -214,8 +222,8 @@ impl Blobs {
             store,
             origin,
             stats,
-            max_blob_size,
-            stall_timeout,
+            max_blob_size: limits.max_blob_size,
+            stall_timeout: limits.stall_timeout,
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             completed,
@@ -261,10 +269,9 @@ impl Blobs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(digest)
+            && let Some(size) = rx.borrow().size
         {
-            if let Some(size) = rx.borrow().size {
-                return Ok(Some(size));
-            }
+            return Ok(Some(size));
         }
         Ok(self.store.blob(digest)?.map(|r| r.size))
     }

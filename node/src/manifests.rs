@@ -157,7 +157,7 @@ impl Manifests {
             if let Some(held) = self.stored(source, *d).await? {
                 return Ok(held);
             }
-            if let Some(from_peer) = self.from_peers(source, *d, None).await? {
+            if let Some(from_peer) = self.fetch_from_peers(source, *d, None).await? {
                 return Ok(from_peer);
             }
         }
@@ -169,14 +169,14 @@ impl Manifests {
         {
             Ok(f) => f,
             Err(e) => {
-                if let (Reference::Tag(tag), true) = (reference, self.serve_stale_tags) {
-                    if origin_down(&e) {
-                        if let Some(stale) = self.stale(source, tag, &e).await? {
-                            return Ok(stale);
-                        }
-                        if let Some(stale) = self.stale_from_fleet(source, tag, &e).await? {
-                            return Ok(stale);
-                        }
+                if let (Reference::Tag(tag), true) = (reference, self.serve_stale_tags)
+                    && origin_down(&e)
+                {
+                    if let Some(stale) = self.stale(source, tag, &e).await? {
+                        return Ok(stale);
+                    }
+                    if let Some(stale) = self.stale_from_fleet(source, tag, &e).await? {
+                        return Ok(stale);
                     }
                 }
                 return Err(e.into());
@@ -189,16 +189,16 @@ impl Manifests {
             Reference::Digest(d) => Some(d.to_string()),
             Reference::Tag(_) => fetched.digest_header.clone(),
         };
-        if let Some(expected) = expected {
-            if expected != actual.to_string() {
-                Stats::add(&self.stats.digest_mismatches, 1);
-                return Err(ManifestFetchError::DigestMismatch {
-                    origin,
-                    reference: format!("{}:{reference}", source.repo),
-                    expected,
-                    actual,
-                });
-            }
+        if let Some(expected) = expected
+            && expected != actual.to_string()
+        {
+            Stats::add(&self.stats.digest_mismatches, 1);
+            return Err(ManifestFetchError::DigestMismatch {
+                origin,
+                reference: format!("{}:{reference}", source.repo),
+                expected,
+                actual,
+            });
         }
         let manifest =
             Manifest::parse(&fetched.bytes, fetched.content_type.as_deref()).map_err(|error| {
@@ -247,7 +247,7 @@ impl Manifests {
     /// Manifest `digest` from a peer, checked (sha256 inside `fetch_small`, then parsed)
     /// and stored with its image record like one from the origin. `tag` is recorded
     /// as resolving to it when given (a tag learnt from the fleet).
-    async fn from_peers(
+    async fn fetch_from_peers(
         &self,
         source: &Source,
         digest: Digest,
@@ -325,7 +325,7 @@ impl Manifests {
                 Some(held)
             }
             None => {
-                self.from_peers(
+                self.fetch_from_peers(
                     source,
                     record.digest,
                     Some((tag.to_owned(), record.resolved_at)),

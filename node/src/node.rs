@@ -84,8 +84,10 @@ impl Node {
             Arc::clone(&store),
             Arc::clone(&origin),
             Arc::clone(&stats),
-            config.max_blob_size,
-            config.origin.stall_timeout,
+            crate::blobs::FetchLimits {
+                max_blob_size: config.max_blob_size,
+                stall_timeout: config.origin.stall_timeout,
+            },
             Some(completed_tx),
             Arc::clone(&leases),
             p2p.clone(),

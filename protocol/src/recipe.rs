@@ -208,13 +208,13 @@ impl Recipe {
                 ));
             }
             let pad = Entry::padding_len(e.size);
-            if let Padding::Raw(bytes) = &e.padding {
-                if bytes.len() as u64 != pad {
-                    return bad(format!(
-                        "entry {i} has {} padding bytes, not {pad}",
-                        bytes.len()
-                    ));
-                }
+            if let Padding::Raw(bytes) = &e.padding
+                && bytes.len() as u64 != pad
+            {
+                return bad(format!(
+                    "entry {i} has {} padding bytes, not {pad}",
+                    bytes.len()
+                ));
             }
             total = total
                 .checked_add(e.header.len() as u64)

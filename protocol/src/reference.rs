@@ -144,15 +144,14 @@ impl fmt::Debug for Reference {
 /// repository path, so `127.0.0.1_5000` stands for `127.0.0.1:5000`). Returns the host
 /// as `host[:port]`.
 pub fn registry_in_path(component: &str) -> Option<String> {
-    if let Some((host, port)) = component.rsplit_once('_') {
-        if !port.is_empty()
-            && port.len() <= 5
-            && port.bytes().all(|b| b.is_ascii_digit())
-            && valid_host(host)
-            && (host.contains('.') || host == "localhost")
-        {
-            return Some(format!("{host}:{port}"));
-        }
+    if let Some((host, port)) = component.rsplit_once('_')
+        && !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && valid_host(host)
+        && (host.contains('.') || host == "localhost")
+    {
+        return Some(format!("{host}:{port}"));
     }
     if (component.contains('.') || component == "localhost") && valid_host(component) {
         return Some(component.to_owned());
@@ -172,10 +171,10 @@ pub fn parse_registry_host(s: &str) -> Result<String, ReferenceError> {
         Some((h, p)) if !h.ends_with(':') => (h, Some(p)),
         _ => (s, None),
     };
-    if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad());
     }
     let v6 = host.starts_with('[') && host.ends_with(']');
     if !(v6 || valid_host(host)) {

@@ -204,10 +204,10 @@ impl Containerd {
 
     /// SIGTERM (SIGKILL after `grace`).
     pub fn stop(&mut self, grace: Duration) {
-        if let Some(mut d) = self.daemon.take() {
-            if d.check_alive().is_ok() {
-                d.terminate(grace);
-            }
+        if let Some(mut d) = self.daemon.take()
+            && d.check_alive().is_ok()
+        {
+            d.terminate(grace);
         }
         unmount_under(&self.dir);
     }

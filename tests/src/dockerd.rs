@@ -418,10 +418,10 @@ impl Dockerd {
 
     /// Stops dockerd (SIGTERM, SIGKILL after `grace`), then its containerd.
     pub fn stop(&mut self, grace: Duration) {
-        if let Some(mut d) = self.daemon.take() {
-            if d.check_alive().is_ok() {
-                d.terminate(grace);
-            }
+        if let Some(mut d) = self.daemon.take()
+            && d.check_alive().is_ok()
+        {
+            d.terminate(grace);
         }
         if let Some(mut c) = self.containerd.take() {
             c.stop(grace);

@@ -134,10 +134,10 @@ impl Daemon {
 
     /// Fails if the process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(child) = self.child.as_mut() {
-            if let Some(status) = child.try_wait()? {
-                bail!("{} exited ({status}):\n{}", self.name, self.log_tail());
-            }
+        if let Some(child) = self.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            bail!("{} exited ({status}):\n{}", self.name, self.log_tail());
         }
         Ok(())
     }

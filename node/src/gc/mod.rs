@@ -260,7 +260,7 @@ impl Gc {
         }
         let mut tick = |report: &GcReport, step: &mut GcProgress| -> Result<(), StoreError> {
             step.done += 1;
-            if step.done % 64 == 0 || step.done == step.total {
+            if step.done.is_multiple_of(64) || step.done == step.total {
                 step.freed = report
                     .usage_before
                     .saturating_sub(usage(self.store.as_ref())?);

@@ -106,11 +106,10 @@ proptest! {
                 }
             }
         }
-        if let Some(b) = budget {
-            if predicted.budget_met {
+        if let Some(b) = budget
+            && predicted.budget_met {
                 prop_assert!(report.usage_after <= b);
             }
-        }
     }
 }
 

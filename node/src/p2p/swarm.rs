@@ -298,16 +298,15 @@ impl Driver {
                 if let Ok(kad::GetProvidersOk::FoundProviders {
                     providers: found, ..
                 }) = result
+                    && let Some((acc, _)) = providers.get_mut(&id)
                 {
-                    if let Some((acc, _)) = providers.get_mut(&id) {
-                        acc.extend(found);
-                    }
+                    acc.extend(found);
                 }
-                if step.last {
-                    if let Some((acc, reply)) = providers.remove(&id) {
-                        // The asker may have given up; nothing to do then.
-                        let _ = reply.send(acc);
-                    }
+                if step.last
+                    && let Some((acc, reply)) = providers.remove(&id)
+                {
+                    // The asker may have given up; nothing to do then.
+                    let _ = reply.send(acc);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {

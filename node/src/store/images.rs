@@ -165,10 +165,10 @@ impl<E: Engine> ContentStore<E> {
         let mut prefix = key.encode();
         prefix.push(0);
         for k in self.engine().keys_with_prefix(Table::Pins, &prefix)? {
-            if let Some(v) = self.engine().get(Table::Pins, &k)? {
-                if codec::decode_pin("pin", &v)?.holds(now) {
-                    return Ok(true);
-                }
+            if let Some(v) = self.engine().get(Table::Pins, &k)?
+                && codec::decode_pin("pin", &v)?.holds(now)
+            {
+                return Ok(true);
             }
         }
         Ok(false)
@@ -240,10 +240,10 @@ impl<E: Engine> ImageStore for ContentStore<E> {
         batch.delete(Table::Images, &key.encode());
         let prefix = format!("{}\0{}\0", key.upstream, key.repo).into_bytes();
         for tag_key in self.engine().keys_with_prefix(Table::Tags, &prefix)? {
-            if let Some(v) = self.engine().get(Table::Tags, &tag_key)? {
-                if codec::decode_tag("tag", &v)?.digest == key.digest {
-                    batch.delete(Table::Tags, &tag_key);
-                }
+            if let Some(v) = self.engine().get(Table::Tags, &tag_key)?
+                && codec::decode_tag("tag", &v)?.digest == key.digest
+            {
+                batch.delete(Table::Tags, &tag_key);
             }
         }
         // Lapsed pins go with the image; a live one stopped us above.

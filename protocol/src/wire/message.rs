@@ -406,12 +406,10 @@ impl Message {
                         expected,
                     });
                 }
-                if *complete {
-                    if let Some(i) = pieces.iter().position(Option::is_none) {
-                        return Err(InvalidMessage::IncompleteMap {
-                            index: u64::from(start) + i as u64,
-                        });
-                    }
+                if *complete && let Some(i) = pieces.iter().position(Option::is_none) {
+                    return Err(InvalidMessage::IncompleteMap {
+                        index: u64::from(start) + i as u64,
+                    });
                 }
             }
             Message::PieceRequest { indices, .. } => {
