@@ -10,17 +10,23 @@
 //! - [`recreate`] writes the tar back from the recipe, checking every chunk and the
 //!   diff_id.
 //!
-//! Binary deltas between file versions and bit-exact recompression of layer blobs will
-//! live here too.
+//! - [`delta`] makes binary deltas between two versions of a file (bidiff, or zstd with
+//!   the old version as a prefix dictionary, segmented for large files) and applies
+//!   them, checking base and result by BLAKE3.
 //!
-//! This crate is pure: it takes bytes and returns values, with no files, sockets,
-//! threads or async runtime. Everything it reads is untrusted (layers from the origin,
-//! recipes from peers): errors are typed and say where the input was wrong, and no
-//! input makes it panic.
+//! Bit-exact recompression of layer blobs will live here too.
+//!
+//! This crate is pure: it takes bytes and returns values, with no files, sockets or
+//! async runtime. Its one thread pool is not its own: bidiff sorts with rayon, which
+//! starts its global pool (one idle thread per core) the first time a `Bsdiff` delta is
+//! made; the sort itself runs on the caller's thread. Everything it reads is untrusted
+//! (layers from the origin, recipes and deltas from peers): errors are typed and say
+//! where the input was wrong, and no input makes it panic.
 
 #![forbid(unsafe_code)]
 
 mod chunker;
+pub mod delta;
 mod error;
 mod header;
 pub mod recipe;
