@@ -241,6 +241,9 @@ impl Manifests {
         })
         .await
         .map_err(|e| ManifestFetchError::Internal(e.to_string()))??;
+        if let Some(p2p) = &self.p2p {
+            p2p.provide(served.digest);
+        }
         Ok(served)
     }
 
@@ -299,6 +302,7 @@ impl Manifests {
         })
         .await
         .map_err(|e| ManifestFetchError::Internal(e.to_string()))??;
+        p2p.provide(digest);
         Ok(Some(served))
     }
 

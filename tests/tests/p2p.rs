@@ -172,7 +172,7 @@ fn four_nodes_pulling_at_once_take_about_one_copy_from_the_origin() -> anyhow::R
 fn a_lying_peer_is_banned_and_the_pull_completes_from_the_others() -> anyhow::Result<()> {
     let mut fleet = Fleet::start(3, |i| {
         if i == 1 {
-            vec!["--test-lie-to-peers".into()]
+            vec!["--test-peer-fault".into(), "lie".into()]
         } else {
             vec![]
         }
@@ -272,5 +272,56 @@ fn a_node_without_the_fleet_key_gets_nothing() -> anyhow::Result<()> {
         assert!(!listed, "a member trusts the stranger: {peers}");
     }
     assert_eq!(stranger.stat("bytes_from_peers")?, 0);
+    Ok(())
+}
+
+#[test]
+fn a_stalling_peer_loses_its_requests_to_the_others() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("stall.toml");
+    std::fs::write(&config, "[p2p]\nstall_timeout_secs = 2\n")?;
+    let config = config.display().to_string();
+    let mut fleet = Fleet::start(3, |i| {
+        let mut flags = vec!["--config".to_string(), config.clone()];
+        if i == 1 {
+            flags.extend(["--test-peer-fault".into(), "stall".into()]);
+        }
+        flags
+    })?;
+    fleet.wait_meshed()?;
+    let (manifest, _) = push_sized(&fleet, "stall", 41, 40)?;
+    for i in 0..2 {
+        skopeo_copy(
+            &fleet.registries_conf(i)?,
+            &format!("{}/stall:v1", fleet.alias),
+            &fleet.path(&format!("warm{i}")),
+            &[],
+        )?;
+    }
+    fleet.registry.stop();
+    let pulled = skopeo_copy(
+        &fleet.registries_conf(2)?,
+        &format!("{}/stall@{manifest}", fleet.alias),
+        &fleet.path("victim"),
+        &[],
+    )?;
+    assert_eq!(pulled.manifest.to_string(), manifest);
+    // The staller was asked (it holds every piece) and delivered nothing: what it sat
+    // on went to the honest peer, by the end-game or by the stall timeout.
+    let staller = peers_of(&fleet, 1)?["peer_id"].clone();
+    let seen = peers_of(&fleet, 2)?;
+    let from_staller = seen["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p["peer_id"] == staller)
+        .map(|p| p["bytes_from"].clone());
+    assert_eq!(from_staller, Some(serde_json::json!(0)), "{seen}");
+    let s = fleet.nodes[2].stats()?;
+    assert!(
+        s["bytes_from_peers"].as_u64().unwrap_or(0) > 40 << 20,
+        "{s}"
+    );
     Ok(())
 }

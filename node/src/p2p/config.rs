@@ -40,10 +40,20 @@ pub struct P2pFlags {
     /// Do not look for peers with mDNS on the local network.
     #[arg(long)]
     pub no_mdns: bool,
-    /// Test mode: corrupt every piece served to peers, to test that a fleet catches
-    /// a lying member. Never use it in production.
-    #[arg(long, hide = true)]
-    pub test_lie_to_peers: bool,
+    /// Test mode: misbehave towards peers (`lie`: corrupt every piece served;
+    /// `stall`: never answer piece requests), to test that a fleet copes with a bad
+    /// member. Never use it in production.
+    #[arg(long, hide = true, value_enum)]
+    pub test_peer_fault: Option<PeerFault>,
+}
+
+/// How a node in test mode misbehaves towards its peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerFault {
+    /// Every piece it serves has a byte flipped.
+    Lie,
+    /// It answers map requests but never piece requests.
+    Stall,
 }
 
 /// How the node takes part in its fleet.
@@ -68,9 +78,8 @@ pub struct P2pConfig {
     /// How long a peer that sent bad data, or failed the fleet handshake, is shut out
     /// [default: 10 min].
     pub ban: Duration,
-    /// Test mode (the hidden `--test-lie-to-peers`): corrupt every piece served to
-    /// peers, to test that the fleet catches a lying member.
-    pub lie: bool,
+    /// Test mode (the hidden `--test-peer-fault`): how to misbehave towards peers.
+    pub fault: Option<PeerFault>,
 }
 
 impl P2pConfig {
@@ -112,7 +121,7 @@ impl P2pConfig {
             lookup_deadline: Duration::from_millis(section.lookup_deadline_ms.unwrap_or(1500)),
             stall_timeout: Duration::from_secs(section.stall_timeout_secs.unwrap_or(10)),
             ban: Duration::from_secs(section.ban_secs.unwrap_or(600)),
-            lie: flags.test_lie_to_peers,
+            fault: flags.test_peer_fault,
         }))
     }
 }

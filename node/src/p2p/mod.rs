@@ -19,6 +19,7 @@
 //! from the fleet key ([`FleetKey::private_protocol_name`]), which a node opens only
 //! to verified peers, so a stranger cannot even negotiate them.
 
+pub mod announce;
 pub mod config;
 pub mod elect;
 pub mod fetch;
@@ -58,7 +59,8 @@ pub struct P2p {
     pub(crate) stats: Arc<Stats>,
     pub(crate) store: Arc<dyn Store>,
     control: libp2p_stream::Control,
-    commands: mpsc::UnboundedSender<Command>,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    news: mpsc::UnboundedSender<announce::News>,
     wire: StreamProtocol,
     listening: Arc<Mutex<Vec<Multiaddr>>>,
     /// Set once the blob service exists (it is built with this handle).
@@ -116,6 +118,7 @@ impl P2p {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (dialled, dialled_rx) = mpsc::unbounded_channel();
+        let (news, news_rx) = mpsc::unbounded_channel();
         let table = Arc::new(PeerTable::default());
         let listening = Arc::new(Mutex::new(Vec::new()));
         tracing::info!(
@@ -142,6 +145,7 @@ impl P2p {
             store,
             control,
             commands,
+            news,
             wire,
             listening,
             blobs: OnceLock::new(),
@@ -151,6 +155,8 @@ impl P2p {
         tokio::spawn(Arc::clone(&p2p).greet_dialled(dialled_rx, hello));
         tokio::spawn(Arc::clone(&p2p).answer_hellos(hellos));
         tokio::spawn(Arc::clone(&p2p).answer_wires(wires));
+        tokio::spawn(announce::run(Arc::clone(&p2p), news_rx));
+        tokio::spawn(announce::provide_all(Arc::clone(&p2p)));
         Ok(p2p)
     }
 
@@ -194,9 +200,11 @@ impl P2p {
         let _ = self.commands.send(Command::Ban(peer));
     }
 
-    /// Announces in the DHT that this node holds `digest`.
+    /// Announces that this node holds `digest`: a DHT provider record, and `Have` to
+    /// every verified peer.
     pub fn provide(&self, digest: Digest) {
         let _ = self.commands.send(Command::Provide(digest));
+        let _ = self.news.send(announce::News::Holds(digest));
     }
 
     /// Peers the DHT says hold `digest`, asked for at most `deadline`.
@@ -319,6 +327,7 @@ impl P2p {
                 if self.table.verify(&peer) {
                     tracing::info!(%peer, "peer verified: it holds the fleet key");
                     let _ = self.commands.send(Command::Verified(peer));
+                    let _ = self.news.send(announce::News::Joined(peer));
                     Stats::set(&self.stats.peers, self.table.verified().len() as u64);
                 }
             }

@@ -14,6 +14,7 @@ use shoal_protocol::wire::{ErrorCode, MAX_MAP_PIECES, Message, Unavailable};
 use shoal_protocol::{Digest, PieceId, PieceLayout};
 
 use super::P2p;
+use super::config::PeerFault;
 use super::io::{FrameReader, FrameWriter, StreamError};
 use crate::blobs::Holding;
 use crate::stats::Stats;
@@ -39,6 +40,10 @@ async fn serve(p2p: &Arc<P2p>, peer: PeerId, stream: Stream) -> Result<(), Strea
             Message::BlobMapRequest { digest, start } => {
                 let answer = map_page(p2p, &digest, start);
                 writer.send(&answer).await?;
+            }
+            Message::PieceRequest { .. } if p2p.config.fault == Some(PeerFault::Stall) => {
+                // Test mode: sit on the request, keeping the stream open.
+                std::future::pending::<()>().await;
             }
             Message::PieceRequest { digest, indices } => {
                 let _lease = p2p.blobs()?.leases().take(digest);
@@ -145,7 +150,7 @@ async fn piece(p2p: &P2p, digest: &Digest, index: u32) -> Message {
         Ok(Ok(bytes)) => Message::Piece {
             digest: *digest,
             index,
-            bytes: if p2p.config.lie {
+            bytes: if p2p.config.fault == Some(PeerFault::Lie) {
                 corrupt(bytes)
             } else {
                 bytes
