@@ -38,19 +38,11 @@ impl Link {
         ip(&[
             "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1],
         ])?;
-        for i in 0..2 {
-            ip(&["link", "set", &veth[i], "netns", &link.names[i]])?;
-            ip(&[
-                "-n",
-                &link.names[i],
-                "addr",
-                "add",
-                &format!("{}/24", link.addrs[i]),
-                "dev",
-                &veth[i],
-            ])?;
-            ip(&["-n", &link.names[i], "link", "set", &veth[i], "up"])?;
-            ip(&["-n", &link.names[i], "link", "set", "lo", "up"])?;
+        for ((dev, ns), addr) in veth.iter().zip(&link.names).zip(&link.addrs) {
+            ip(&["link", "set", dev, "netns", ns])?;
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         Ok(link)
     }
@@ -100,7 +92,7 @@ fn two_nodes_on_one_link_find_each_other_by_mdns_and_verify() -> anyhow::Result<
         let log = dir.path().join(format!("n{i}.log"));
         daemons.push((Daemon::spawn("shoal node", &mut cmd, &log)?, log));
     }
-    for i in 0..2 {
+    for (i, (_, log)) in daemons.iter().enumerate() {
         let mut last = String::new();
         wait_until(
             "a peer found by mDNS and verified",
@@ -127,7 +119,7 @@ fn two_nodes_on_one_link_find_each_other_by_mdns_and_verify() -> anyhow::Result<
         .with_context(|| {
             format!(
                 "node {i} peers: {last}\n{}",
-                std::fs::read_to_string(&daemons[i].1).unwrap_or_default()
+                std::fs::read_to_string(log).unwrap_or_default()
             )
         })?;
     }
