@@ -65,7 +65,7 @@ pub(super) async fn run(p2p: Arc<P2p>, mut news: mpsc::UnboundedReceiver<News>) 
 /// Every complete blob in the store (up to [`MAX_STARTUP`]), also announced in the DHT.
 pub(super) async fn held_blobs(p2p: &Arc<P2p>) -> Vec<Digest> {
     let store = Arc::clone(&p2p.store);
-    let held = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut held = Vec::new();
         let scanned = store.scan(&[Table::Blobs], &mut |s| {
             if let Scanned::Blob(d, _) = s {
@@ -83,8 +83,7 @@ pub(super) async fn held_blobs(p2p: &Arc<P2p>) -> Vec<Digest> {
         held
     })
     .await
-    .unwrap_or_default();
-    held
+    .unwrap_or_default()
 }
 
 /// Announces every held blob in the DHT (at start).
