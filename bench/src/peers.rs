@@ -38,10 +38,13 @@ struct Report {
     blob_bytes: u64,
     rounds: usize,
     origin_curl_mb_s: Vec<f64>,
+    origin_through_cold_node_mb_s: Vec<f64>,
     peer_mb_s: Vec<f64>,
     median_origin_curl_mb_s: f64,
+    median_origin_through_cold_node_mb_s: f64,
     median_peer_mb_s: f64,
     peer_over_origin: f64,
+    peer_over_origin_through_cold_node: f64,
 }
 
 /// Runs the benchmark.
@@ -85,9 +88,18 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
         &layer,
     )?;
 
-    let (mut origin, mut peer) = (Vec::new(), Vec::new());
+    let (mut origin, mut through, mut peer) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds {
         origin.push(mb_s(size, fetch_cold(&origin_url, size)?));
+        // The same cold-node work (piece, hash, store, serve) with the origin as source.
+        let solo_name = format!("solo-{round}");
+        let solo = Node::start_named(dir.path(), &solo_name, &registry.url(), &[])?;
+        through.push(mb_s(
+            size,
+            fetch_cold(&format!("{}/v2/bench/blobs/{layer}", solo.url()), size)?,
+        ));
+        drop(solo);
+        std::fs::remove_dir_all(dir.path().join(&solo_name))?;
         let name = format!("cold-{round}");
         let p2p = format!("127.0.0.1:{}", free_udp_port());
         let cold = Node::start_named(
@@ -123,9 +135,10 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
         drop(cold);
         std::fs::remove_dir_all(dir.path().join(&name))?;
         eprintln!(
-            "round {}: origin {:.0} MB/s, peer {:.0} MB/s",
+            "round {}: origin {:.0} MB/s, cold node from origin {:.0} MB/s, cold node from a peer {:.0} MB/s",
             round + 1,
             origin[round],
+            through[round],
             peer[round]
         );
     }
@@ -133,9 +146,12 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
         blob_bytes: size,
         rounds: args.rounds,
         median_origin_curl_mb_s: median(&origin),
+        median_origin_through_cold_node_mb_s: median(&through),
         median_peer_mb_s: median(&peer),
         peer_over_origin: median(&peer) / median(&origin),
+        peer_over_origin_through_cold_node: median(&peer) / median(&through),
         origin_curl_mb_s: origin,
+        origin_through_cold_node_mb_s: through,
         peer_mb_s: peer,
     };
     println!(
@@ -148,8 +164,12 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
         report.median_origin_curl_mb_s
     );
     println!(
-        "  curl through a cold node, from a peer  {:>8.0} MB/s  ({:.2}x origin)",
-        report.median_peer_mb_s, report.peer_over_origin
+        "  curl through a cold node, from origin  {:>8.0} MB/s",
+        report.median_origin_through_cold_node_mb_s
+    );
+    println!(
+        "  curl through a cold node, from a peer  {:>8.0} MB/s  ({:.2}x origin, {:.2}x the cold node from origin)",
+        report.median_peer_mb_s, report.peer_over_origin, report.peer_over_origin_through_cold_node
     );
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)

@@ -25,13 +25,18 @@ pub enum StreamError {
     Invalid(#[from] wire::InvalidMessage),
 }
 
-/// Bytes asked of the transport per read when the frame's remainder is smaller.
-const READ_SIZE: usize = 64 * 1024;
+/// Most bytes asked of the transport per read.
+const READ_SIZE: usize = 128 * 1024;
 
 /// Reads frames from `R`.
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
+    /// What one read lands in before it joins `buf`. A read returns what the transport
+    /// has (often a few KiB), so reading into `buf`'s spare room would mean zeroing
+    /// the whole rest of a 1 MiB frame on every read; one copy of the bytes that did
+    /// arrive is far cheaper.
+    scratch: Box<[u8]>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -40,27 +45,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             inner,
             buf: BytesMut::with_capacity(READ_SIZE),
+            scratch: vec![0; READ_SIZE].into_boxed_slice(),
         }
     }
 
     /// The next message, or `None` when the peer closed the stream between frames.
     pub async fn recv(&mut self) -> Result<Option<Message>, StreamError> {
         loop {
+            // `decode_bytes` reserves what a partial frame still needs, so `buf`
+            // grows once per frame, not per read.
             if let Some(message) = wire::decode_bytes(&mut self.buf)? {
                 return Ok(Some(message));
             }
-            // `decode_bytes` reserved what the frame still needs; read into it.
-            let start = self.buf.len();
-            let want = (self.buf.capacity() - start).max(READ_SIZE);
-            self.buf.resize(start + want, 0);
-            let n = match self.inner.read(&mut self.buf[start..]).await {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(start);
-                    return Err(e.into());
-                }
-            };
-            self.buf.truncate(start + n);
+            let n = self.inner.read(&mut self.scratch).await?;
+            self.buf.extend_from_slice(&self.scratch[..n]);
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
