@@ -47,6 +47,34 @@ fn peers_of(fleet: &Fleet, i: usize) -> anyhow::Result<serde_json::Value> {
     fleet.nodes[i].cli_json(&["peers"])
 }
 
+/// A node that joins the fleet only now (so it was never elected to fetch anything
+/// for the others), once it has verified every member; with its registries.conf.
+fn join_late(
+    fleet: &mut Fleet,
+    extra: &[String],
+) -> anyhow::Result<(shoal_tests::Node, std::path::PathBuf)> {
+    let key = fleet.key.clone();
+    let node = fleet.add_node("late", Some(&key), extra)?;
+    let want = fleet.nodes.len();
+    let mut last = serde_json::Value::Null;
+    shoal_tests::process::wait_until(
+        "the late node verifies the fleet",
+        Duration::from_secs(40),
+        || {
+            last = node.cli_json(&["peers"])?;
+            Ok(last["peers"]
+                .as_array()
+                .map(|a| a.iter().filter(|p| p["verified"] == true).count())
+                .unwrap_or(0)
+                >= want)
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}: {last}"))?;
+    let conf = fleet.path("late.conf");
+    std::fs::write(&conf, node.configure("podman", &["--only", &fleet.alias])?)?;
+    Ok((node, conf))
+}
+
 #[test]
 fn with_the_origin_stopped_the_fleet_still_serves_by_digest_and_by_last_known_tag()
 -> anyhow::Result<()> {
@@ -170,7 +198,7 @@ fn four_nodes_pulling_at_once_take_about_one_copy_from_the_origin() -> anyhow::R
 
 #[test]
 fn a_lying_peer_is_banned_and_the_pull_completes_from_the_others() -> anyhow::Result<()> {
-    let mut fleet = Fleet::start(3, |i| {
+    let mut fleet = Fleet::start(2, |i| {
         if i == 1 {
             vec!["--test-peer-fault".into(), "lie".into()]
         } else {
@@ -189,16 +217,18 @@ fn a_lying_peer_is_banned_and_the_pull_completes_from_the_others() -> anyhow::Re
         )?;
     }
     fleet.registry.stop();
-    let victim = skopeo_copy(
-        &fleet.registries_conf(2)?,
+    let (victim, conf) = join_late(&mut fleet, &[])?;
+    let pulled = skopeo_copy(
+        &conf,
         &format!("{}/lies@{manifest}", fleet.alias),
         &fleet.path("victim"),
         &[],
     )?;
-    assert_eq!(victim.manifest.to_string(), manifest);
-    let s = fleet.nodes[2].stats()?;
+    assert_eq!(pulled.manifest.to_string(), manifest);
+    let s = victim.stats()?;
     assert!(s["bad_peer_pieces"].as_u64().unwrap_or(0) >= 1, "{s}");
-    let peers = peers_of(&fleet, 2)?;
+    assert_eq!(s["bytes_from_origin"], 0, "{s}");
+    let peers = victim.cli_json(&["peers"])?;
     let liar = peers_of(&fleet, 1)?["peer_id"].clone();
     let banned = peers["banned"].as_array().cloned().unwrap_or_default();
     assert!(
@@ -206,7 +236,7 @@ fn a_lying_peer_is_banned_and_the_pull_completes_from_the_others() -> anyhow::Re
         "the liar is not banned: {peers}"
     );
     // What the victim stores is right: fsck finds nothing.
-    let out = fleet.nodes[2].cli(&["fsck"])?;
+    let out = victim.cli(&["fsck"])?;
     assert!(
         out.status.success(),
         "{}",
@@ -281,7 +311,7 @@ fn a_stalling_peer_loses_its_requests_to_the_others() -> anyhow::Result<()> {
     let config = dir.path().join("stall.toml");
     std::fs::write(&config, "[p2p]\nstall_timeout_secs = 2\n")?;
     let config = config.display().to_string();
-    let mut fleet = Fleet::start(3, |i| {
+    let mut fleet = Fleet::start(2, |i| {
         let mut flags = vec!["--config".to_string(), config.clone()];
         if i == 1 {
             flags.extend(["--test-peer-fault".into(), "stall".into()]);
@@ -299,8 +329,9 @@ fn a_stalling_peer_loses_its_requests_to_the_others() -> anyhow::Result<()> {
         )?;
     }
     fleet.registry.stop();
+    let (victim, conf) = join_late(&mut fleet, &["--config".into(), config.clone()])?;
     let pulled = skopeo_copy(
-        &fleet.registries_conf(2)?,
+        &conf,
         &format!("{}/stall@{manifest}", fleet.alias),
         &fleet.path("victim"),
         &[],
@@ -309,7 +340,7 @@ fn a_stalling_peer_loses_its_requests_to_the_others() -> anyhow::Result<()> {
     // The staller was asked (it holds every piece) and delivered nothing: what it sat
     // on went to the honest peer, by the end-game or by the stall timeout.
     let staller = peers_of(&fleet, 1)?["peer_id"].clone();
-    let seen = peers_of(&fleet, 2)?;
+    let seen = victim.cli_json(&["peers"])?;
     let from_staller = seen["peers"]
         .as_array()
         .cloned()
@@ -318,7 +349,8 @@ fn a_stalling_peer_loses_its_requests_to_the_others() -> anyhow::Result<()> {
         .find(|p| p["peer_id"] == staller)
         .map(|p| p["bytes_from"].clone());
     assert_eq!(from_staller, Some(serde_json::json!(0)), "{seen}");
-    let s = fleet.nodes[2].stats()?;
+    let s = victim.stats()?;
+    assert_eq!(s["bytes_from_origin"], 0, "{s}");
     assert!(
         s["bytes_from_peers"].as_u64().unwrap_or(0) > 40 << 20,
         "{s}"
