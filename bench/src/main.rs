@@ -8,6 +8,7 @@ mod gc;
 mod peers;
 mod recipes;
 mod serve;
+mod transport;
 
 use clap::{Parser, Subcommand};
 

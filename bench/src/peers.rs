@@ -7,6 +7,10 @@
 //! byte crosses QUIC (TLS 1.3) from the warm node, is checked against its BLAKE3 piece
 //! id, stored, and streamed to curl, and the blob's sha256 is checked before its last
 //! piece is sent. The round fails unless every byte came from the peer.
+//!
+//! Each round also times the transports alone (`transport.rs`): libp2p's QUIC as the
+//! nodes use it, and quinn with AES-128-GCM, carrying as many bytes with nothing else to
+//! do. That is the ceiling a transfer between two nodes could reach on this machine.
 
 use std::time::Duration;
 
@@ -40,10 +44,16 @@ struct Report {
     origin_curl_mb_s: Vec<f64>,
     origin_through_cold_node_mb_s: Vec<f64>,
     peer_mb_s: Vec<f64>,
+    libp2p_quic_alone_mb_s: Vec<f64>,
+    quinn_aes_alone_mb_s: Vec<f64>,
     median_origin_curl_mb_s: f64,
     median_origin_through_cold_node_mb_s: f64,
     median_peer_mb_s: f64,
+    median_libp2p_quic_alone_mb_s: f64,
+    median_quinn_aes_alone_mb_s: f64,
     peer_over_origin: f64,
+    libp2p_quic_alone_over_origin: f64,
+    quinn_aes_alone_over_origin: f64,
     peer_over_origin_through_cold_node: f64,
 }
 
@@ -89,8 +99,11 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
     )?;
 
     let (mut origin, mut through, mut peer) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut libp2p, mut quinn) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         origin.push(mb_s(size, fetch_cold(&origin_url, size)?));
+        libp2p.push(mb_s(size, crate::transport::libp2p_time(size)?));
+        quinn.push(mb_s(size, crate::transport::quinn_time(size)?));
         // The same cold-node work (piece, hash, store, serve) with the origin as source.
         let solo_name = format!("solo-{round}");
         let solo = Node::start_named(dir.path(), &solo_name, &registry.url(), &[])?;
@@ -135,11 +148,13 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
         drop(cold);
         std::fs::remove_dir_all(dir.path().join(&name))?;
         eprintln!(
-            "round {}: origin {:.0} MB/s, cold node from origin {:.0} MB/s, cold node from a peer {:.0} MB/s",
+            "round {}: origin {:.0} MB/s, cold node from origin {:.0} MB/s, cold node from a peer {:.0} MB/s, libp2p QUIC alone {:.0} MB/s, quinn AES-GCM alone {:.0} MB/s",
             round + 1,
             origin[round],
             through[round],
-            peer[round]
+            peer[round],
+            libp2p[round],
+            quinn[round]
         );
     }
     let report = Report {
@@ -148,11 +163,17 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
         median_origin_curl_mb_s: median(&origin),
         median_origin_through_cold_node_mb_s: median(&through),
         median_peer_mb_s: median(&peer),
+        median_libp2p_quic_alone_mb_s: median(&libp2p),
+        median_quinn_aes_alone_mb_s: median(&quinn),
         peer_over_origin: median(&peer) / median(&origin),
+        libp2p_quic_alone_over_origin: median(&libp2p) / median(&origin),
+        quinn_aes_alone_over_origin: median(&quinn) / median(&origin),
         peer_over_origin_through_cold_node: median(&peer) / median(&through),
         origin_curl_mb_s: origin,
         origin_through_cold_node_mb_s: through,
         peer_mb_s: peer,
+        libp2p_quic_alone_mb_s: libp2p,
+        quinn_aes_alone_mb_s: quinn,
     };
     println!(
         "blob: {:.1} MB, {} rounds, medians:",
@@ -170,6 +191,14 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
     println!(
         "  curl through a cold node, from a peer  {:>8.0} MB/s  ({:.2}x origin, {:.2}x the cold node from origin)",
         report.median_peer_mb_s, report.peer_over_origin, report.peer_over_origin_through_cold_node
+    );
+    println!(
+        "  libp2p QUIC alone (ChaCha20-Poly1305)  {:>8.0} MB/s  ({:.2}x origin)",
+        report.median_libp2p_quic_alone_mb_s, report.libp2p_quic_alone_over_origin
+    );
+    println!(
+        "  quinn alone, AES-128-GCM               {:>8.0} MB/s  ({:.2}x origin)",
+        report.median_quinn_aes_alone_mb_s, report.quinn_aes_alone_over_origin
     );
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)

@@ -174,6 +174,10 @@ pub struct Blobs {
     /// stream, and the origin is not asked again for bytes known to be bad.
     // std Mutex: map operations only.
     failures: Mutex<HashMap<Digest, (Instant, Arc<BlobError>)>>,
+    /// What each origin (by registry host) delivered lately, in bytes per second: peers
+    /// much slower than this lose a blob to the origin.
+    // std Mutex: map operations only.
+    origin_rates: Mutex<HashMap<String, u64>>,
     /// Told the digest of every blob whose fetch completed (the ingest service listens).
     completed: Option<mpsc::UnboundedSender<Digest>>,
     /// Every open blob and running fetch holds a lease, so GC leaves it alone.
@@ -226,6 +230,7 @@ impl Blobs {
             stall_timeout: limits.stall_timeout,
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            origin_rates: Mutex::new(HashMap::new()),
             completed,
             leases,
             p2p,
@@ -411,7 +416,8 @@ impl Blobs {
         tx: &watch::Sender<FetchState>,
     ) -> Result<(), BlobError> {
         if let Some(p2p) = &self.p2p {
-            match p2p.fetch(source, *digest, tx).await {
+            let origin_rate = self.origin_rate(&source.upstream.host);
+            match p2p.fetch(source, *digest, tx, origin_rate).await {
                 Ok(()) => {
                     if let Some(p2p) = &self.p2p {
                         p2p.provide(*digest);
@@ -419,7 +425,7 @@ impl Blobs {
                     return Ok(());
                 }
                 Err(crate::p2p::fetch::PeerFetchError::NoPeers(_)) => {}
-                Err(e) => tracing::warn!(%digest, "fetching from the origin instead: {e}"),
+                Err(e) => tracing::warn!(%digest, "fetching the rest from the origin: {e}"),
             }
         }
         Stats::add(&self.stats.origin_fetches, 1);
@@ -452,6 +458,7 @@ impl Blobs {
             (hasher, pieces, have) = (DigestHasher::new(), Vec::new(), 0);
         }
         let size = reply.total;
+        let (began, resumed_at) = (Instant::now(), have);
         if size > self.max_blob_size {
             return Err(BlobError::TooLarge {
                 digest: *digest,
@@ -541,7 +548,28 @@ impl Blobs {
         }
         let d = *digest;
         self.blocking(move |s| s.complete(&d, have, None)).await?;
+        self.origin_delivered(&source.upstream.host, have - resumed_at, began.elapsed());
         Ok(())
+    }
+
+    /// The rate `origin` delivered blobs at lately, once a large enough one was timed.
+    fn origin_rate(&self, origin: &str) -> Option<u64> {
+        let rates = self.origin_rates.lock().unwrap_or_else(|e| e.into_inner());
+        rates.get(origin).copied()
+    }
+
+    /// Notes that `origin` delivered `bytes` in `took`: blobs under 4 MiB are not timed
+    /// (their time is mostly latency), and each new rate counts half.
+    fn origin_delivered(&self, origin: &str, bytes: u64, took: Duration) {
+        if bytes < 4 << 20 || took.is_zero() {
+            return;
+        }
+        let rate = (bytes as f64 / took.as_secs_f64()) as u64;
+        let mut rates = self.origin_rates.lock().unwrap_or_else(|e| e.into_inner());
+        rates
+            .entry(origin.to_owned())
+            .and_modify(|r| *r = (*r + rate) / 2)
+            .or_insert(rate);
     }
 
     /// Picks up a partial blob a previous fetch (or process) left: re-reads its pieces

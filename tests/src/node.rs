@@ -45,6 +45,22 @@ fn build_shoal() -> anyhow::Result<PathBuf> {
     if release {
         cmd.arg("--release");
     }
+    // Cargo gives test processes its package variables; build scripts that watch them
+    // (ring's watches CARGO_MANIFEST_DIR) would see a change from a build run outside a
+    // test, and rebuild half the tree each time the two alternate.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     let out = run(&mut cmd, Duration::from_secs(1800)).context("building the shoal binary")?;
     // The executable cargo reports for this workspace, not `<target>/debug/shoal`: the
     // target directory may be shared with other checkouts (CI clones), which all

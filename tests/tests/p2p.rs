@@ -357,3 +357,58 @@ fn a_stalling_peer_loses_its_requests_to_the_others() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_slow_peer_loses_the_blob_to_the_origin() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("pace.toml");
+    // The slow peer serves 4 MiB/s; the victim wants 16. It waits long for the peer's
+    // first answer, so that a busy machine does not send it to the origin at once.
+    std::fs::write(
+        &config,
+        "[p2p]\nmin_peer_rate = \"16MiB\"\nlookup_deadline_ms = 15000\n",
+    )?;
+    let config = config.display().to_string();
+    let mut fleet = Fleet::start(1, |_| vec!["--test-peer-fault".into(), "slow".into()])?;
+    let (manifest, _) = push_sized(&fleet, "pace", 43, 40)?;
+    skopeo_copy(
+        &fleet.registries_conf(0)?,
+        &format!("{}/pace:v1", fleet.alias),
+        &fleet.path("warm"),
+        &[],
+    )?;
+    let origin_before = fleet.proxy.bytes_down();
+    let (victim, conf) = join_late(&mut fleet, &["--config".into(), config])?;
+    let pulled = skopeo_copy(
+        &conf,
+        &format!("{}/pace@{manifest}", fleet.alias),
+        &fleet.path("victim"),
+        &[],
+    )?;
+    assert_eq!(pulled.manifest.to_string(), manifest);
+    let s = victim.stats()?;
+    let (from_peers, from_origin) = (
+        s["bytes_from_peers"].as_u64().unwrap_or(0),
+        s["bytes_from_origin"].as_u64().unwrap_or(0),
+    );
+    // The peer delivered for a few seconds, then the origin took over the base layer.
+    assert!(from_peers > 0 && from_peers < 40 << 20, "{s}");
+    assert!(from_origin > 0, "{s}");
+    assert!(
+        fleet.proxy.bytes_down() > origin_before,
+        "the origin sent nothing"
+    );
+    let log = victim.log();
+    assert!(
+        log.contains("fetching the rest from the origin"),
+        "{}",
+        victim.log_tail()
+    );
+    let out = victim.cli(&["fsck"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}

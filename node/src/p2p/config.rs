@@ -22,6 +22,8 @@ pub(crate) struct P2pSection {
     lookup_deadline_ms: Option<u64>,
     stall_timeout_secs: Option<u64>,
     ban_secs: Option<u64>,
+    min_peer_rate: Option<String>,
+    slow_peer_fraction: Option<f64>,
 }
 
 /// The flags of `shoal node` that concern peers.
@@ -41,8 +43,8 @@ pub struct P2pFlags {
     #[arg(long)]
     pub no_mdns: bool,
     /// Test mode: misbehave towards peers (`lie`: corrupt every piece served;
-    /// `stall`: never answer piece requests), to test that a fleet copes with a bad
-    /// member. Never use it in production.
+    /// `stall`: never answer piece requests; `slow`: answer four pieces a second), to
+    /// test that a fleet copes with a bad member. Never use it in production.
     #[arg(long, hide = true, value_enum)]
     pub test_peer_fault: Option<PeerFault>,
 }
@@ -54,6 +56,8 @@ pub enum PeerFault {
     Lie,
     /// It answers map requests but never piece requests.
     Stall,
+    /// It answers piece requests, one piece every quarter of a second.
+    Slow,
 }
 
 /// How the node takes part in its fleet.
@@ -78,6 +82,12 @@ pub struct P2pConfig {
     /// How long a peer that sent bad data, or failed the fleet handshake, is shut out
     /// [default: 10 min].
     pub ban: Duration,
+    /// Peers delivering a blob slower than this (bytes per second, over
+    /// [`crate::p2p::fetch::PACE_WINDOW`]) lose it to the origin [default: 1 MiB/s].
+    pub min_peer_rate: u64,
+    /// Peers delivering a blob slower than this fraction of the origin's recent rate
+    /// lose it to the origin [default: 0.5].
+    pub slow_peer_fraction: f64,
     /// Test mode (the hidden `--test-peer-fault`): how to misbehave towards peers.
     pub fault: Option<PeerFault>,
 }
@@ -121,6 +131,16 @@ impl P2pConfig {
             lookup_deadline: Duration::from_millis(section.lookup_deadline_ms.unwrap_or(1500)),
             stall_timeout: Duration::from_secs(section.stall_timeout_secs.unwrap_or(10)),
             ban: Duration::from_secs(section.ban_secs.unwrap_or(600)),
+            min_peer_rate: match &section.min_peer_rate {
+                Some(v) => crate::config::parse_size(v)
+                    .with_context(|| format!("[p2p] min_peer_rate {v:?}"))?,
+                None => 1 << 20,
+            },
+            slow_peer_fraction: match section.slow_peer_fraction {
+                Some(f) if (0.0..=1.0).contains(&f) => f,
+                Some(f) => bail!("[p2p] slow_peer_fraction {f} is not between 0 and 1"),
+                None => 0.5,
+            },
             fault: flags.test_peer_fault,
         }))
     }

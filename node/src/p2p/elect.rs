@@ -52,6 +52,7 @@ pub(super) async fn fetch_through_elected(
     source: &Source,
     digest: Digest,
     tx: &watch::Sender<FetchState>,
+    floor: u64,
 ) -> Result<(), PeerFetchError> {
     let chosen = elected(p2p, &digest);
     if chosen == p2p.local_id() {
@@ -67,7 +68,7 @@ pub(super) async fn fetch_through_elected(
     match asked {
         Ok(Ok(true)) => {
             tracing::debug!(%digest, peer = %chosen, "the fleet's elected node is fetching it; taking pieces from it");
-            fetch_from_peers(p2p, digest, None, tx, vec![chosen]).await
+            fetch_from_peers(p2p, digest, None, tx, vec![chosen], floor).await
         }
         Ok(Ok(false)) => Err(PeerFetchError::NoPeers(digest)),
         Ok(Err(e)) => {

@@ -18,7 +18,7 @@
 //! order, is banned at once; if the assembled blob's sha256 is wrong, every peer whose
 //! map supplied ids is banned and the partial is dropped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,48 @@ const MAX_PEERS: usize = 8;
 /// How often a peer whose map is incomplete is asked again.
 const MAP_REFRESH: Duration = Duration::from_millis(150);
 
+/// How long peers are watched before their pace is judged, and the span it is
+/// measured over.
+pub const PACE_WINDOW: Duration = Duration::from_secs(4);
+
+/// Bytes peers delivered for one blob, over the last [`PACE_WINDOW`].
+struct Pace {
+    /// Bytes per second below which peers lose the blob to the origin (0: never).
+    floor: u64,
+    started: Instant,
+    arrivals: VecDeque<(Instant, u64)>,
+}
+
+impl Pace {
+    fn new(floor: u64, now: Instant) -> Pace {
+        Pace {
+            floor,
+            started: now,
+            arrivals: VecDeque::new(),
+        }
+    }
+
+    fn arrived(&mut self, now: Instant, bytes: u64) {
+        self.arrivals.push_back((now, bytes));
+    }
+
+    /// The rate over the last window, if peers have had a whole window and it is under
+    /// the floor.
+    fn too_slow(&mut self, now: Instant) -> Option<u64> {
+        if self.floor == 0 || now.duration_since(self.started) < PACE_WINDOW {
+            return None;
+        }
+        while let Some((at, _)) = self.arrivals.front()
+            && now.duration_since(*at) > PACE_WINDOW
+        {
+            self.arrivals.pop_front();
+        }
+        let bytes: u64 = self.arrivals.iter().map(|(_, b)| b).sum();
+        let rate = (bytes as f64 / PACE_WINDOW.as_secs_f64()) as u64;
+        (rate < self.floor).then_some(rate)
+    }
+}
+
 /// Why peers did not deliver a blob (the caller turns to the origin).
 #[derive(Debug, thiserror::Error)]
 pub enum PeerFetchError {
@@ -60,6 +102,24 @@ pub enum PeerFetchError {
         size: u64,
         /// What happened.
         why: String,
+    },
+    /// Peers delivered, but too slowly; what they sent is kept, to be resumed.
+    #[error(
+        "peers delivered {digest} at {} KiB/s, under the {} KiB/s wanted ({got} of {size} bytes held)",
+        rate / 1024,
+        floor / 1024
+    )]
+    TooSlow {
+        /// The blob.
+        digest: Digest,
+        /// Bytes stored so far.
+        got: u64,
+        /// Its size.
+        size: u64,
+        /// What peers delivered over the last window, bytes per second.
+        rate: u64,
+        /// What was wanted, bytes per second.
+        floor: u64,
     },
     /// The pieces peers sent assemble into the wrong blob; nothing was kept.
     #[error(
@@ -138,13 +198,15 @@ struct Slot {
 
 /// Fetches `digest` from peers into the store, publishing progress on `tx`. `known`
 /// holds the pieces already stored (a resumed partial); `expected_size` is the
-/// descriptor's size when the caller knows it.
+/// descriptor's size when the caller knows it. Peers that deliver under `floor` bytes
+/// per second over a [`PACE_WINDOW`] lose the blob: [`PeerFetchError::TooSlow`].
 pub async fn fetch_from_peers(
     p2p: &Arc<P2p>,
     digest: Digest,
     expected_size: Option<u64>,
     tx: &watch::Sender<FetchState>,
     candidates: Vec<PeerId>,
+    floor: u64,
 ) -> Result<(), PeerFetchError> {
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let mut slots: HashMap<PeerId, Slot> = HashMap::new();
@@ -160,6 +222,7 @@ pub async fn fetch_from_peers(
     let store = Arc::clone(&p2p.store);
     let mut state: Option<Assembly> = None;
     let started = Instant::now();
+    let mut pace = Pace::new(floor, started);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let report = tokio::select! {
@@ -185,6 +248,7 @@ pub async fn fetch_from_peers(
                                 Assembly::start(digest, size, tx, Arc::clone(&store)).await?;
                             a.on_map(&mut slots, peer, start, pieces, complete);
                             state = Some(a);
+                            pace = Pace::new(floor, Instant::now());
                         }
                     }
                     Report::Gone {
@@ -232,6 +296,7 @@ pub async fn fetch_from_peers(
                     if !a.held[index as usize] {
                         let len = bytes.len() as u64;
                         a.store(index, bytes).await?;
+                        pace.arrived(now, len);
                         Stats::add(&p2p.stats.bytes_from_peers, len);
                         p2p.table.add_from(&peer, len);
                     }
@@ -292,6 +357,15 @@ pub async fn fetch_from_peers(
         }
         if now - a.last_progress > p2p.config.stall_timeout {
             return Err(a.stalled("no piece arrived in time"));
+        }
+        if let Some(rate) = pace.too_slow(now) {
+            return Err(PeerFetchError::TooSlow {
+                digest,
+                got: a.held_bytes,
+                size: a.layout.size(),
+                rate,
+                floor,
+            });
         }
     }
 }
@@ -796,5 +870,44 @@ async fn worker(
             why,
             transient: true,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn pace_is_judged_only_after_a_whole_window() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(10 * MIB, t0);
+        assert_eq!(pace.too_slow(t0 + Duration::from_secs(1)), None);
+        assert_eq!(pace.too_slow(t0 + PACE_WINDOW), Some(0));
+    }
+
+    #[test]
+    fn pace_counts_only_the_last_window() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(2 * MIB, t0);
+        // 40 MiB early on, then a trickle: the early burst ages out.
+        pace.arrived(t0 + Duration::from_millis(500), 40 * MIB);
+        let later = t0 + PACE_WINDOW;
+        assert_eq!(pace.too_slow(later), None);
+        for i in 0..4 {
+            pace.arrived(later + Duration::from_secs(i), MIB);
+        }
+        let rate = pace
+            .too_slow(later + Duration::from_secs(4))
+            .expect("too slow");
+        assert_eq!(rate, MIB);
+    }
+
+    #[test]
+    fn a_zero_floor_never_judges() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(0, t0);
+        assert_eq!(pace.too_slow(t0 + Duration::from_secs(3600)), None);
     }
 }

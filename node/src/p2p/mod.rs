@@ -246,7 +246,9 @@ impl P2p {
         source: &Source,
         digest: Digest,
         tx: &watch::Sender<FetchState>,
+        origin_rate: Option<u64>,
     ) -> Result<(), fetch::PeerFetchError> {
+        let floor = self.pace_floor(origin_rate);
         let mut candidates = self.candidates(&digest);
         if candidates.len() < 2 {
             for peer in self
@@ -261,12 +263,20 @@ impl P2p {
         }
         candidates.retain(|p| self.table.is_verified(p));
         if !candidates.is_empty() {
-            match fetch::fetch_from_peers(self, digest, None, tx, candidates).await {
+            match fetch::fetch_from_peers(self, digest, None, tx, candidates, floor).await {
                 Err(fetch::PeerFetchError::NoPeers(_)) => {}
                 other => return other,
             }
         }
-        elect::fetch_through_elected(self, source, digest, tx).await
+        elect::fetch_through_elected(self, source, digest, tx, floor).await
+    }
+
+    /// The pace, in bytes per second, under which peers lose a blob to the origin:
+    /// `min_peer_rate`, or `slow_peer_fraction` of the origin's recent rate if higher.
+    fn pace_floor(&self, origin_rate: Option<u64>) -> u64 {
+        let relative =
+            origin_rate.map_or(0, |r| (r as f64 * self.config.slow_peer_fraction) as u64);
+        self.config.min_peer_rate.max(relative)
     }
 
     /// Verified peers to ask for `digest`: those that announced it first, then the

@@ -48,6 +48,9 @@ async fn serve(p2p: &Arc<P2p>, peer: PeerId, stream: Stream) -> Result<(), Strea
             Message::PieceRequest { digest, indices } => {
                 let _lease = p2p.blobs()?.leases().take(digest);
                 for index in indices {
+                    if p2p.config.fault == Some(PeerFault::Slow) {
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
                     let answer = piece(p2p, &digest, index).await;
                     if let Message::Piece { bytes, .. } = &answer {
                         Stats::add(&p2p.stats.bytes_to_peers, bytes.len() as u64);
