@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use shoal_protocol::reference::parse_registry_host;
+use shoal_protocol::wire::is_node_name;
 use url::Url;
 
 use crate::gc::plan::Policy;
@@ -30,6 +31,7 @@ pub const EXAMPLE: &str = include_str!("../shoal.example.toml");
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    name: Option<String>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     upstream: Option<String>,
@@ -122,6 +124,10 @@ pub struct NodeFlags {
     /// TOML config file (see `shoal node --print-config` for every key and its default).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// This node's name in its fleet, which `shoal seed --nodes` takes and `shoal
+    /// peers` shows: ASCII letters, digits, '.', '_' and '-' [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Directory for the store and the node's state [default: ./shoal-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -230,6 +236,9 @@ pub struct OriginConfig {
 /// The validated configuration of a node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// The node's name in its fleet [default: the host name, or `node` if that is not
+    /// a valid name].
+    pub name: String,
     /// Where the store and state live [default: ./shoal-data].
     pub data_dir: PathBuf,
     /// The mirror's address [default: 127.0.0.1:5050].
@@ -293,7 +302,20 @@ impl NodeConfig {
             None => DOCKER_HUB_HOST.to_owned(),
         };
         let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+        let name = match flags.name.clone().or(file.name) {
+            Some(name) => {
+                if !is_node_name(&name) {
+                    bail!(
+                        "node name {name:?} is not valid: use 1 to 64 ASCII letters, digits, '.', '_' and '-', starting with a letter or digit"
+                    );
+                }
+                name
+            }
+            None => host_name(),
+        };
         Ok(NodeConfig {
+            p2p: P2pConfig::build(file.p2p, &flags.p2p, &name)?,
+            name,
             data_dir: flags
                 .data_dir
                 .clone()
@@ -324,7 +346,6 @@ impl NodeConfig {
                 }
             },
             gc: gc_policy(file.gc, flags.gc_budget.as_deref())?,
-            p2p: P2pConfig::build(file.p2p, &flags.p2p)?,
         })
     }
 
@@ -348,6 +369,15 @@ impl NodeConfig {
         }
         bail!("registry {key} is not configured on this node (open_registries = false)")
     }
+}
+
+/// The host's name as the node's default name, or `node` if it is not a valid one.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| is_node_name(h))
+        .unwrap_or_else(|| "node".to_owned())
 }
 
 fn gc_policy(s: GcSection, budget_flag: Option<&str>) -> anyhow::Result<Policy> {
@@ -514,6 +544,20 @@ mod tests {
             c.upstream(None).unwrap().url.as_str(),
             "https://registry-1.docker.io/"
         );
+    }
+
+    #[test]
+    fn a_node_has_a_valid_name_by_default_and_refuses_a_bad_one() {
+        let c = build("", NodeFlags::default()).unwrap();
+        assert!(is_node_name(&c.name), "{:?}", c.name);
+        let c = build("name = \"web-1\"", NodeFlags::default()).unwrap();
+        assert_eq!(c.name, "web-1");
+        let flags = NodeFlags {
+            name: Some("web 1".into()),
+            ..Default::default()
+        };
+        let e = build("", flags).unwrap_err();
+        assert!(e.to_string().contains("\"web 1\" is not valid"), "{e}");
     }
 
     #[test]

@@ -21,5 +21,6 @@ pub mod node;
 pub mod origin;
 pub mod p2p;
 pub mod pull;
+pub mod seed;
 pub mod stats;
 pub mod store;

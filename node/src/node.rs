@@ -14,6 +14,7 @@ use crate::manifests::Manifests;
 use crate::metrics::RequestMetrics;
 use crate::origin::Origin;
 use crate::p2p::P2p;
+use crate::seed::Seeds;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::content::ContentStore;
 use crate::store::rocks::{RocksEngine, db_dir};
@@ -45,6 +46,8 @@ pub struct Node {
     pub flat: Flat,
     /// The fleet (absent without a fleet key).
     pub p2p: Option<Arc<P2p>>,
+    /// Seed orders this node carries out.
+    pub seeds: Arc<Seeds>,
 }
 
 impl Node {
@@ -92,8 +95,10 @@ impl Node {
             Arc::clone(&leases),
             p2p.clone(),
         ));
+        let seeds = Seeds::new();
         if let Some(p2p) = &p2p {
             p2p.attach(&blobs, Arc::new(config.clone()));
+            p2p.attach_seeds(Arc::clone(&seeds));
         }
         let ingest = Ingest::start(
             Arc::clone(&store),
@@ -116,7 +121,7 @@ impl Node {
             config.gc.clone(),
             Arc::clone(&stats),
         );
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             config,
             store,
             origin,
@@ -129,7 +134,10 @@ impl Node {
             requests: RequestMetrics::default(),
             flat,
             p2p,
-        }))
+            seeds,
+        });
+        node.seeds.bind(&node);
+        Ok(node)
     }
 
     /// The figures `shoal stats` prints.

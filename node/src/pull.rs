@@ -1,6 +1,7 @@
 //! `shoal pull`: the node fetches an image into its store, exactly as if an engine had
 //! pulled it through the mirror (same manifests, same blob service, same checks), so
-//! that a later pull on this host, or by a peer, is served from the store.
+//! that a later pull on this host, or by a peer, is served from the store. Seeding
+//! ([`crate::seed`]) fetches through [`fetch_image`] too.
 //!
 //! For an index, the platform asked for is fetched (by default the node's own,
 //! `linux/<arch>`; `all` fetches every platform). While it runs, the image carries a
@@ -8,6 +9,7 @@
 //! blobs already fetched alone; the pin goes when the pull ends.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +63,9 @@ pub struct PullReport {
     /// Bytes the node received from the origin during the pull (other pulls running
     /// at the same time count too).
     pub bytes_from_origin: u64,
+    /// Bytes the node received from peers during the pull (likewise).
+    #[serde(default)]
+    pub bytes_from_peers: u64,
     /// Milliseconds it took.
     pub millis: u64,
 }
@@ -72,7 +77,14 @@ pub async fn pull(
     platform: Option<String>,
     job: JobSender<PullProgress, PullReport>,
 ) {
-    let result = run(&node, &image, platform.as_deref(), &job).await;
+    let result = fetch_image(
+        &node,
+        &image,
+        platform.as_deref(),
+        |p| job.progress(p),
+        |_| Ok(()),
+    )
+    .await;
     match &result {
         Ok(r) => {
             tracing::info!(image = %r.image, digest = %r.digest, blobs = r.blobs, bytes = r.bytes, "pull finished")
@@ -82,19 +94,22 @@ pub async fn pull(
     job.finish(result.map_err(|e| format!("{e:#}"))).await;
 }
 
-async fn run(
+/// Fetches `image` into the store (for an index, the manifests of `platform`, by
+/// default this host's), calling `progress` now and then; a `Break` from it stops the
+/// pull with an error. Once every blob is held, and while the transient `pull` pin
+/// still protects the image, `hold` is called with the image's key: a caller that
+/// keeps the image pins it there.
+pub(crate) async fn fetch_image(
     node: &Arc<Node>,
     image: &str,
     platform: Option<&str>,
-    job: &JobSender<PullProgress, PullReport>,
+    mut progress: impl FnMut(PullProgress) -> ControlFlow<()> + Send,
+    hold: impl FnOnce(&ImageKey) -> anyhow::Result<()> + Send,
 ) -> anyhow::Result<PullReport> {
     let started = Instant::now();
-    let from_origin = || {
-        node.stats
-            .bytes_from_origin
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    let origin_before = from_origin();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let origin_before = count(&node.stats.bytes_from_origin);
+    let peers_before = count(&node.stats.bytes_from_peers);
     let (host, repo, reference) = crate::inspect::parse_image(image)?;
     let upstream = node.config.upstream(host.as_deref())?;
     let source = Source {
@@ -107,7 +122,7 @@ async fn run(
         repo,
         digest: top.digest,
     };
-    let _pin = PullPin::set(node, key)?;
+    let _pin = PullPin::set(node, key.clone())?;
 
     let mut images = Vec::new();
     let mut platforms = Vec::new();
@@ -148,12 +163,12 @@ async fn run(
             blobs.extend(layers.iter().map(|l| (l.digest, l.size)));
         }
     }
-    let mut progress = PullProgress {
+    let mut progress_now = PullProgress {
         blobs_total: blobs.len() as u64,
         bytes_total: blobs.iter().map(|(_, size)| size).sum(),
         ..PullProgress::default()
     };
-    let _ = job.progress(progress);
+    let _ = progress(progress_now);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
     let fetches = futures_util::stream::iter(digests.into_iter().map(move |digest| {
@@ -165,34 +180,35 @@ async fn run(
     let mut last_report = Instant::now();
     loop {
         tokio::select! {
-            Some(n) = rx.recv() => progress.bytes_done += n,
+            Some(n) = rx.recv() => progress_now.bytes_done += n,
             done = fetches.next() => match done {
                 Some(result) => {
                     result?;
-                    progress.blobs_done += 1;
+                    progress_now.blobs_done += 1;
                 }
                 None => break,
             },
         }
-        if job.is_closed() {
-            anyhow::bail!("the client went away");
-        }
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = Instant::now();
-            let _ = job.progress(progress);
+            if progress(progress_now).is_break() {
+                anyhow::bail!("the client went away");
+            }
         }
     }
     while let Ok(n) = rx.try_recv() {
-        progress.bytes_done += n;
+        progress_now.bytes_done += n;
     }
-    let _ = job.progress(progress);
+    let _ = progress(progress_now);
+    hold(&key)?;
     Ok(PullReport {
         image: image.to_owned(),
         digest: top.digest.to_string(),
         platforms,
-        blobs: progress.blobs_total,
-        bytes: progress.bytes_total,
-        bytes_from_origin: from_origin().saturating_sub(origin_before),
+        blobs: progress_now.blobs_total,
+        bytes: progress_now.bytes_total,
+        bytes_from_origin: count(&node.stats.bytes_from_origin).saturating_sub(origin_before),
+        bytes_from_peers: count(&node.stats.bytes_from_peers).saturating_sub(peers_before),
         millis: started.elapsed().as_millis() as u64,
     })
 }

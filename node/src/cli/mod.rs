@@ -7,6 +7,7 @@ mod fsck;
 mod ops;
 mod progress;
 mod remote;
+mod seed;
 
 use std::process::ExitCode;
 
@@ -70,6 +71,9 @@ enum Command {
     /// Fetch an image into the node's store (as an engine's pull through it would),
     /// with progress.
     Pull(ops::PullArgs),
+    /// Order nodes of the fleet to fetch an image and pin it until a deploy pulls it,
+    /// with progress per node; exits 1 naming the nodes that failed or timed out.
+    Seed(seed::SeedArgs),
     /// List the images the node holds: size, bytes shared with other images, last
     /// use, pins.
     Images(ops::ImagesArgs),
@@ -151,6 +155,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Pull(args) => ops::pull(&args),
+        Command::Seed(args) => seed::seed(&args),
         Command::Images(args) => ops::images(&args),
         Command::Gc(args) => ops::gc(&args),
         Command::Rm(args) => ops::rm(&args),
@@ -236,17 +241,31 @@ fn print_inspect(r: &ImageReport) {
 
 fn print_peers(r: &crate::p2p::PeersReport) {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    println!("this node: {}  (fleet {})", r.peer_id, &r.fleet_id[..16]);
+    println!(
+        "this node: {} {}  (fleet {})",
+        r.name,
+        r.peer_id,
+        r.fleet_id.get(..16).unwrap_or(&r.fleet_id)
+    );
+    if !r.groups.is_empty() {
+        println!("  groups: {}", r.groups.join(", "));
+    }
     for a in &r.listening {
         println!("  listening on {a}");
     }
     println!(
-        "\n{:<54} {:<9} {:>7} {:>12} {:>12}  ADDRESSES",
-        "PEER", "STATE", "BLOBS", "FROM (MiB)", "TO (MiB)"
+        "\n{:<16} {:<54} {:<9} {:>7} {:>12} {:>12}  GROUPS  ADDRESSES",
+        "NAME", "PEER", "STATE", "BLOBS", "FROM (MiB)", "TO (MiB)"
     );
     for p in &r.peers {
+        let groups = if p.groups.is_empty() {
+            "-".to_owned()
+        } else {
+            p.groups.join(",")
+        };
         println!(
-            "{:<54} {:<9} {:>7} {:>12.1} {:>12.1}  {}",
+            "{:<16} {:<54} {:<9} {:>7} {:>12.1} {:>12.1}  {groups}  {}",
+            p.name.as_deref().unwrap_or("-"),
             p.peer_id,
             if p.verified { "verified" } else { "pending" },
             p.blobs,

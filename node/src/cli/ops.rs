@@ -283,12 +283,13 @@ pub fn pull(args: &PullArgs) -> anyhow::Result<ExitCode> {
         print_json(&report)?;
     } else {
         println!(
-            "pulled {} ({}): {} blobs, {}, {} from the origin, in {:.1}s",
+            "pulled {} ({}): {} blobs, {}, {} from the origin, {} from peers, in {:.1}s",
             report.image,
             report.digest,
             report.blobs,
             mib(report.bytes),
             mib(report.bytes_from_origin),
+            mib(report.bytes_from_peers),
             report.millis as f64 / 1000.0
         );
     }

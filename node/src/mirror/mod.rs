@@ -48,6 +48,7 @@ pub fn router(node: Arc<Node>) -> Router {
             axum::routing::post(ops::pin).delete(ops::pin),
         )
         .route("/_shoal/pull", axum::routing::post(ops::pull))
+        .route("/_shoal/seed", axum::routing::post(ops::seed))
         .route("/_shoal/flat/flatten", axum::routing::post(flat::flatten))
         .route("/_shoal/flat/mount", axum::routing::post(flat::mount))
         .route("/_shoal/flat/umount", axum::routing::post(flat::umount))
@@ -229,6 +230,15 @@ async fn manifest(
     let m = node.manifests.get(source, reference, Some(&accept)).await?;
     // The manifest tells the ingest which blobs are layers.
     node.ingest.image_seen(source, &m.manifest);
+    if !head {
+        // An engine's pull: the deploy a seed waited for.
+        let key = crate::store::images::ImageKey {
+            upstream: source.upstream.host.clone(),
+            repo: source.repo.clone(),
+            digest: m.digest,
+        };
+        crate::seed::deployed(node, &key);
+    }
     let len = m.bytes.len();
     let mut r = if head {
         Response::new(Body::empty())

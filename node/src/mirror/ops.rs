@@ -5,10 +5,14 @@
 //! - `POST /_shoal/rm?image=..[&dry_run=true]`: removes one image, as a job.
 //! - `POST /_shoal/pins?image=..[&name=..][&ttl_secs=..]` sets a pin; `DELETE` removes it.
 //! - `POST /_shoal/pull?image=..[&platform=..]`: fetches an image into the store, as a job.
+//! - `POST /_shoal/seed?image=..[&nodes=all|LIST|&group=..][&timeout_secs=..]
+//!   [&pin_ttl_secs=..]`: orders nodes of the fleet to fetch and pin an image, as a
+//!   job whose progress lines are snapshots of every target ([`crate::seed`]).
 //!
 //! Jobs answer with newline-delimited progress and a report ([`crate::jobs`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -23,6 +27,9 @@ use crate::gc::{GcError, GcProgress, GcReport};
 use crate::jobs::{JobBody, JobSender};
 use crate::node::Node;
 use crate::pull::{PullProgress, PullReport};
+use crate::seed::issue::SeedRequest;
+use crate::seed::report::{SeedProgress, SeedReport};
+use crate::seed::select::Selection;
 use crate::store::images::Pin;
 use crate::store::unix_now;
 
@@ -215,5 +222,39 @@ pub(super) struct PullQuery {
 pub(super) async fn pull(State(node): State<Arc<Node>>, Query(q): Query<PullQuery>) -> Response {
     let (job, body) = JobSender::<PullProgress, PullReport>::new();
     tokio::spawn(crate::pull::pull(node, q.image, q.platform, job));
+    ndjson(body)
+}
+
+#[derive(Deserialize)]
+pub(super) struct SeedQuery {
+    image: String,
+    nodes: Option<String>,
+    group: Option<String>,
+    timeout_secs: Option<u64>,
+    pin_ttl_secs: Option<u64>,
+}
+
+/// `POST /_shoal/seed`. A bad request is answered as a job that failed, like every
+/// other failure of the order.
+pub(super) async fn seed(State(node): State<Arc<Node>>, Query(q): Query<SeedQuery>) -> Response {
+    let (job, body) = JobSender::<SeedProgress, SeedReport>::new();
+    match Selection::parse(q.nodes.as_deref(), q.group.as_deref()) {
+        Ok(selection) => {
+            let request = SeedRequest {
+                image: q.image,
+                selection,
+                timeout: q
+                    .timeout_secs
+                    .map_or(crate::seed::DEFAULT_TIMEOUT, Duration::from_secs),
+                pin_ttl: q
+                    .pin_ttl_secs
+                    .map_or(crate::seed::DEFAULT_PIN_TTL, Duration::from_secs),
+            };
+            tokio::spawn(crate::seed::issue::issue(node, request, job));
+        }
+        Err(e) => {
+            tokio::spawn(job.finish(Err(e)));
+        }
+    }
     ndjson(body)
 }

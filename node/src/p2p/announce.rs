@@ -1,7 +1,12 @@
 //! Telling the fleet what this node holds: every verified peer is sent `Have` for each
-//! blob this node completes (batched, once a second), and a newly verified peer the
-//! whole list of what the store holds. Peers use it to ask likely holders first, and
-//! `shoal peers` shows it. The DHT gets one provider record per blob as well.
+//! blob this node completes (batched, once a second), and a newly verified peer this
+//! node's name and groups (`NodeInfo`) and the whole list of what the store holds.
+//! Peers use it to ask likely holders first and to pick seeding targets, and `shoal
+//! peers` shows it. The DHT gets one provider record per blob as well.
+//!
+//! A newly verified peer is told on the next tick, with the batch, rather than at once:
+//! the side of a handshake that verifies first would open its stream before the other
+//! side has verified it (which waits a moment for that, see `P2p::answer_wires`).
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -48,13 +53,17 @@ pub(super) async fn run(p2p: Arc<P2p>, mut news: mpsc::UnboundedReceiver<News>) 
                 if !fresh.is_empty() {
                     let batch = std::mem::take(&mut fresh);
                     for peer in p2p.table.verified() {
-                        tokio::spawn(send(Arc::clone(&p2p), peer, batch.clone()));
+                        tokio::spawn(send(Arc::clone(&p2p), peer, None, batch.clone()));
                     }
                 }
                 if !joined.is_empty() {
                     let held = held_blobs(&p2p).await;
+                    let info = Message::NodeInfo {
+                        name: p2p.config.name.clone(),
+                        groups: p2p.config.groups.clone(),
+                    };
                     for peer in joined.drain() {
-                        tokio::spawn(send(Arc::clone(&p2p), peer, held.clone()));
+                        tokio::spawn(send(Arc::clone(&p2p), peer, Some(info.clone()), held.clone()));
                     }
                 }
             }
@@ -93,19 +102,29 @@ pub(super) async fn provide_all(p2p: Arc<P2p>) {
     }
 }
 
-async fn send(p2p: Arc<P2p>, peer: PeerId, digests: Vec<Digest>) {
-    if let Err(e) = try_send(&p2p, peer, &digests).await {
+/// Sends `peer` the message `first` (an introduction), if any, then `Have` for
+/// `digests`.
+async fn send(p2p: Arc<P2p>, peer: PeerId, first: Option<Message>, digests: Vec<Digest>) {
+    if let Err(e) = try_send(&p2p, peer, first, &digests).await {
         tracing::debug!(%peer, "cannot tell a peer what this node holds: {e}");
     }
 }
 
-async fn try_send(p2p: &P2p, peer: PeerId, digests: &[Digest]) -> Result<(), StreamError> {
-    if digests.is_empty() {
+async fn try_send(
+    p2p: &P2p,
+    peer: PeerId,
+    first: Option<Message>,
+    digests: &[Digest],
+) -> Result<(), StreamError> {
+    if first.is_none() && digests.is_empty() {
         return Ok(());
     }
     let stream = p2p.open_wire(peer).await?;
     let (_read, write) = stream.split();
     let mut writer = FrameWriter::new(write);
+    if let Some(message) = &first {
+        writer.send(message).await?;
+    }
     for chunk in digests.chunks(MAX_HAVE) {
         writer
             .send(&Message::Have {

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use serde::Deserialize;
-use shoal_protocol::wire::FleetKey;
+use shoal_protocol::wire::{FleetKey, MAX_GROUPS, is_node_name};
 
 /// The `[p2p]` section as written.
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +24,7 @@ pub(crate) struct P2pSection {
     ban_secs: Option<u64>,
     min_peer_rate: Option<String>,
     slow_peer_fraction: Option<f64>,
+    groups: Option<Vec<String>>,
 }
 
 /// The flags of `shoal node` that concern peers.
@@ -42,6 +43,10 @@ pub struct P2pFlags {
     /// Do not look for peers with mDNS on the local network.
     #[arg(long)]
     pub no_mdns: bool,
+    /// A group this node belongs to, which `shoal seed --group` selects nodes by
+    /// (added to `[p2p] groups`). Repeatable.
+    #[arg(long = "group", value_name = "NAME")]
+    pub groups: Vec<String>,
     /// Test mode: misbehave towards peers (`lie`: corrupt every piece served;
     /// `stall`: never answer piece requests; `slow`: answer four pieces a second), to
     /// test that a fleet copes with a bad member. Never use it in production.
@@ -90,19 +95,46 @@ pub struct P2pConfig {
     pub slow_peer_fraction: f64,
     /// Test mode (the hidden `--test-peer-fault`): how to misbehave towards peers.
     pub fault: Option<PeerFault>,
+    /// The node's name, told to every verified peer (the node's `name`).
+    pub name: String,
+    /// The groups the node is in, told to every verified peer [default: none].
+    pub groups: Vec<String>,
 }
 
 impl P2pConfig {
     /// The peer-to-peer config, or `None` when no fleet key is configured.
-    pub(crate) fn build(section: P2pSection, flags: &P2pFlags) -> anyhow::Result<Option<Self>> {
+    /// `name` is the node's (already validated) name.
+    pub(crate) fn build(
+        section: P2pSection,
+        flags: &P2pFlags,
+        name: &str,
+    ) -> anyhow::Result<Option<Self>> {
         let Some(key_file) = flags.fleet_key.clone().or(section.fleet_key_file) else {
-            if !flags.bootstrap.is_empty() || !flags.p2p_listen.is_empty() {
+            if !flags.bootstrap.is_empty()
+                || !flags.p2p_listen.is_empty()
+                || !flags.groups.is_empty()
+            {
                 bail!(
-                    "--bootstrap and --p2p-listen need a fleet key: pass --fleet-key FILE (or set [p2p] fleet_key_file); create one with: head -c 32 /dev/urandom > fleet.key"
+                    "--bootstrap, --p2p-listen and --group need a fleet key: pass --fleet-key FILE (or set [p2p] fleet_key_file); create one with: head -c 32 /dev/urandom > fleet.key"
                 );
             }
             return Ok(None);
         };
+        let mut groups = section.groups.unwrap_or_default();
+        groups.extend(flags.groups.iter().cloned());
+        groups.sort();
+        groups.dedup();
+        if let Some(bad) = groups.iter().find(|g| !is_node_name(g)) {
+            bail!(
+                "group name {bad:?} is not valid: use 1 to 64 ASCII letters, digits, '.', '_' and '-', starting with a letter or digit"
+            );
+        }
+        if groups.len() > MAX_GROUPS {
+            bail!(
+                "a node may be in at most {MAX_GROUPS} groups ({} given)",
+                groups.len()
+            );
+        }
         let bytes = std::fs::read(&key_file)
             .with_context(|| format!("cannot read the fleet key {}", key_file.display()))?;
         let fleet_key = FleetKey::from_file_bytes(&bytes)
@@ -142,6 +174,8 @@ impl P2pConfig {
                 None => 0.5,
             },
             fault: flags.test_peer_fault,
+            name: name.to_owned(),
+            groups,
         }))
     }
 }
@@ -198,7 +232,7 @@ mod tests {
     #[test]
     fn no_key_means_no_peers_and_peer_flags_without_a_key_are_refused() {
         assert!(
-            P2pConfig::build(P2pSection::default(), &P2pFlags::default())
+            P2pConfig::build(P2pSection::default(), &P2pFlags::default(), "n")
                 .unwrap()
                 .is_none()
         );
@@ -206,7 +240,7 @@ mod tests {
             bootstrap: vec!["127.0.0.1:1".into()],
             ..P2pFlags::default()
         };
-        let e = P2pConfig::build(P2pSection::default(), &flags).unwrap_err();
+        let e = P2pConfig::build(P2pSection::default(), &flags, "n").unwrap_err();
         assert!(e.to_string().contains("--fleet-key"), "{e}");
     }
 
@@ -221,15 +255,40 @@ mod tests {
             bootstrap: vec!["127.0.0.1:7071".into()],
             ..P2pFlags::default()
         };
-        let c = P2pConfig::build(P2pSection::default(), &flags)
+        let c = P2pConfig::build(P2pSection::default(), &flags, "n")
             .unwrap()
             .unwrap();
         assert_eq!(c.listen[0].to_string(), "/ip4/0.0.0.0/udp/7070/quic-v1");
+        assert!(c.groups.is_empty());
+        assert_eq!(c.name, "n");
         assert_eq!(c.bootstrap.len(), 1);
         assert!(!c.mdns);
         assert_eq!(
             c.fleet_key.fleet_id(),
             FleetKey::from_secret(&[7; 32]).fleet_id()
         );
+    }
+
+    #[test]
+    fn groups_come_from_the_file_and_the_flags_and_must_be_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.key");
+        std::fs::write(&path, [7u8; 32]).unwrap();
+        let flags = P2pFlags {
+            fleet_key: Some(path),
+            groups: vec!["web".into(), "edge".into()],
+            ..P2pFlags::default()
+        };
+        let section: P2pSection = toml::from_str("groups = [\"web\", \"eu\"]").unwrap();
+        let c = P2pConfig::build(section, &flags, "n").unwrap().unwrap();
+        assert_eq!(c.groups, ["edge", "eu", "web"]);
+        let bad: P2pSection = toml::from_str("groups = [\"web servers\"]").unwrap();
+        let e = P2pConfig::build(bad, &flags, "n").unwrap_err();
+        assert!(e.to_string().contains("\"web servers\""), "{e}");
+        let keyless = P2pFlags {
+            groups: vec!["web".into()],
+            ..P2pFlags::default()
+        };
+        assert!(P2pConfig::build(P2pSection::default(), &keyless, "n").is_err());
     }
 }

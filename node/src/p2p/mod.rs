@@ -10,7 +10,8 @@
 //! - [`serve`]: answers verified peers on the members-only protocol (maps, pieces,
 //!   fetch and tag requests); [`fetch`]: gets a blob from several peers at once;
 //!   [`elect`]: who in the fleet fetches a blob nobody holds yet from the origin.
-//! - [`table`]: who is connected, verified, banned, and what they hold.
+//! - [`table`]: who is connected, verified, banned, what they hold, how they are named.
+//! - [`announce`]: tells peers what this node holds, and a new peer its name and groups.
 //!
 //! # The closed fleet
 //! Three locks, each enough to refuse a stranger: the handshake (a keyed proof over
@@ -67,6 +68,8 @@ pub struct P2p {
     blobs: OnceLock<Weak<Blobs>>,
     /// The node's config, for the upstreams a peer's fetch request names.
     pub(crate) node: OnceLock<Arc<crate::config::NodeConfig>>,
+    /// Carries out seed orders from peers (set once the node exists).
+    seeds: OnceLock<Arc<crate::seed::Seeds>>,
 }
 
 /// Why the peer side is not usable for a request.
@@ -85,6 +88,12 @@ impl From<ShuttingDown> for io::StreamError {
 pub struct PeersReport {
     /// This node's peer id.
     pub peer_id: String,
+    /// This node's name.
+    #[serde(default)]
+    pub name: String,
+    /// The groups this node is in.
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// The fleet's public id.
     pub fleet_id: String,
     /// Where this node listens for peers.
@@ -150,6 +159,7 @@ impl P2p {
             listening,
             blobs: OnceLock::new(),
             node: OnceLock::new(),
+            seeds: OnceLock::new(),
         });
         tokio::spawn(driver.run());
         tokio::spawn(Arc::clone(&p2p).greet_dialled(dialled_rx, hello));
@@ -166,6 +176,15 @@ impl P2p {
         let _ = self.node.set(node);
     }
 
+    /// Hands the endpoint the service that carries out seed orders.
+    pub fn attach_seeds(&self, seeds: Arc<crate::seed::Seeds>) {
+        let _ = self.seeds.set(seeds);
+    }
+
+    pub(crate) fn seeds(&self) -> Result<&Arc<crate::seed::Seeds>, ShuttingDown> {
+        self.seeds.get().ok_or(ShuttingDown)
+    }
+
     pub(crate) fn blobs(&self) -> Result<Arc<Blobs>, ShuttingDown> {
         self.blobs.get().and_then(Weak::upgrade).ok_or(ShuttingDown)
     }
@@ -180,6 +199,8 @@ impl P2p {
         let (peers, banned) = self.table.views();
         PeersReport {
             peer_id: self.local.to_string(),
+            name: self.config.name.clone(),
+            groups: self.config.groups.clone(),
             fleet_id: self.config.fleet_key.fleet_id().to_string(),
             listening: self
                 .listening
@@ -354,15 +375,37 @@ impl P2p {
 
     async fn answer_wires(self: Arc<Self>, mut wires: libp2p_stream::IncomingStreams) {
         while let Some((peer, stream)) = wires.next().await {
-            if !self.table.is_verified(&peer) {
-                // Dropped unread: a stranger learns nothing, not even an error.
+            if self.table.is_verified(&peer) {
+                tokio::spawn(serve::serve_stream(Arc::clone(&self), peer, stream));
+            } else if self.table.is_connected(&peer) {
+                tokio::spawn(Arc::clone(&self).serve_once_verified(peer, stream));
+            } else {
                 tracing::warn!(%peer, "dropping a transfer stream from an unverified peer");
-                continue;
             }
-            tokio::spawn(serve::serve_stream(Arc::clone(&self), peer, stream));
         }
     }
+
+    /// A stream on the members-only protocol from a connected peer this node has not
+    /// verified yet: the side of a handshake that verifies first may open one before
+    /// its own proof reaches this node (only a key holder can name the protocol). It is
+    /// served once the handshake here completes, or dropped unread (a stranger learns
+    /// nothing, not even an error) if it does not within [`VERIFY_GRACE`].
+    async fn serve_once_verified(self: Arc<Self>, peer: PeerId, stream: Stream) {
+        let until = tokio::time::Instant::now() + VERIFY_GRACE;
+        while !self.table.is_verified(&peer) {
+            if tokio::time::Instant::now() >= until || !self.table.is_connected(&peer) {
+                tracing::warn!(%peer, "dropping a transfer stream from an unverified peer");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        serve::serve_stream(self, peer, stream).await;
+    }
 }
+
+/// How long a members-only stream from a peer whose handshake is still finishing waits
+/// for it.
+const VERIFY_GRACE: Duration = Duration::from_secs(2);
 
 fn protocol(name: String) -> anyhow::Result<StreamProtocol> {
     StreamProtocol::try_from_owned(name).map_err(|e| anyhow::anyhow!("bad protocol name: {e}"))

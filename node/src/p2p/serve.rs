@@ -1,5 +1,7 @@
 //! Answering peers: blob maps and pieces of what this node holds, including blobs it
-//! is still fetching, so that a fleet pulling one image at once forms a swarm.
+//! is still fetching, so that a fleet pulling one image at once forms a swarm; their
+//! introductions; and seed orders (carried out by [`crate::seed`], whose statuses go
+//! back on the order's stream).
 //!
 //! Only peers that passed the fleet handshake are answered; a stream from any other
 //! peer is dropped unread. Every piece is read through [`read_piece`], which checks it
@@ -16,6 +18,7 @@ use shoal_protocol::{Digest, PieceId, PieceLayout};
 use super::P2p;
 use super::config::PeerFault;
 use super::io::{FrameReader, FrameWriter, StreamError};
+use super::table::PeerInfo;
 use crate::blobs::Holding;
 use crate::stats::Stats;
 use crate::store::{PieceReadError, read_piece};
@@ -77,6 +80,23 @@ async fn serve(p2p: &Arc<P2p>, peer: PeerId, stream: Stream) -> Result<(), Strea
                 writer.send(&answer).await?;
             }
             Message::Have { digests } => p2p.table.record_holds(&peer, &digests),
+            Message::NodeInfo { name, groups } => {
+                p2p.table.record_info(&peer, PeerInfo { name, groups });
+            }
+            Message::SeedOrder {
+                id,
+                image,
+                pin_ttl_secs,
+                origin_node: _,
+            } => {
+                let order = crate::seed::Order {
+                    id,
+                    image,
+                    pin_ttl: std::time::Duration::from_secs(pin_ttl_secs),
+                };
+                tracing::info!(%peer, id = %crate::seed::order_name(id), image = %order.image, "seed order from a peer");
+                crate::seed::answer_order(p2p, order, &mut writer).await?;
+            }
             Message::Bye | Message::Error { .. } => return Ok(()),
             other => {
                 let e = Message::Error {

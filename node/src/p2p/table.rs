@@ -1,5 +1,6 @@
 //! What the node knows of its peers: who is connected, who proved fleet membership,
-//! who is banned and why, what each announced it holds, and the bytes exchanged.
+//! who is banned and why, what each announced it holds, how each is named, and the
+//! bytes exchanged.
 //!
 //! One std `Mutex` over plain maps: every method is a few map operations with no
 //! `.await`, called from the swarm driver and from transfer tasks.
@@ -27,8 +28,18 @@ struct Entry {
     since: Instant,
     verified: bool,
     holds: HashSet<Digest>,
+    info: Option<PeerInfo>,
     bytes_from: u64,
     bytes_to: u64,
+}
+
+/// How a peer introduced itself (`NodeInfo`): its name and groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The node's name.
+    pub name: String,
+    /// The groups it is in.
+    pub groups: Vec<String>,
 }
 
 struct Ban {
@@ -52,6 +63,12 @@ pub struct PeerView {
     pub addrs: Vec<String>,
     /// Whether it proved it holds the fleet key.
     pub verified: bool,
+    /// The name it gave, once it introduced itself.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The groups it said it is in.
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// Seconds since its first open connection.
     pub connected_secs: u64,
     /// Blobs it announced it holds.
@@ -87,6 +104,7 @@ impl PeerTable {
             since: Instant::now(),
             verified: false,
             holds: HashSet::new(),
+            info: None,
             bytes_from: 0,
             bytes_to: 0,
         });
@@ -199,6 +217,26 @@ impl PeerTable {
         }
     }
 
+    /// `peer` introduced itself. Kept only while it is connected and verified.
+    pub fn record_info(&self, peer: &PeerId, info: PeerInfo) {
+        if let Some(entry) = self.lock().peers.get_mut(peer)
+            && entry.verified
+        {
+            entry.info = Some(info);
+        }
+    }
+
+    /// Every connected, verified peer, with how it introduced itself (`None` until it
+    /// did).
+    pub fn members(&self) -> Vec<(PeerId, Option<PeerInfo>)> {
+        self.lock()
+            .peers
+            .iter()
+            .filter(|(_, e)| e.verified)
+            .map(|(p, e)| (*p, e.info.clone()))
+            .collect()
+    }
+
     /// Verified peers that announced they hold `digest`.
     pub fn holders(&self, digest: &Digest) -> Vec<PeerId> {
         self.lock()
@@ -234,6 +272,12 @@ impl PeerTable {
                 peer_id: p.to_string(),
                 addrs: e.addrs.iter().map(|a| a.to_string()).collect(),
                 verified: e.verified,
+                name: e.info.as_ref().map(|i| i.name.clone()),
+                groups: e
+                    .info
+                    .as_ref()
+                    .map(|i| i.groups.clone())
+                    .unwrap_or_default(),
                 connected_secs: e.since.elapsed().as_secs(),
                 blobs: e.holds.len(),
                 bytes_from: e.bytes_from,
@@ -280,6 +324,24 @@ mod tests {
         assert!(t.is_verified(&p), "one connection is still open");
         t.disconnected(&p, &addr(2));
         assert!(!t.is_verified(&p) && !t.is_connected(&p));
+    }
+
+    #[test]
+    fn an_introduction_counts_only_from_a_verified_peer() {
+        let t = PeerTable::default();
+        let p = PeerId::random();
+        let info = PeerInfo {
+            name: "n1".into(),
+            groups: vec!["web".into()],
+        };
+        t.connected(p, addr(1));
+        t.record_info(&p, info.clone());
+        assert_eq!(t.members(), vec![], "not verified: not a member");
+        t.verify(&p);
+        assert_eq!(t.members(), vec![(p, None)]);
+        t.record_info(&p, info.clone());
+        assert_eq!(t.members(), vec![(p, Some(info))]);
+        assert_eq!(t.views().0[0].name.as_deref(), Some("n1"));
     }
 
     #[test]

@@ -48,6 +48,36 @@ fn every_length_bound_just_under_at_and_over() {
             },
         },
         Bound {
+            kind: Kind::NodeInfo,
+            field: "name",
+            min: 1,
+            max: MAX_NODE_NAME_LEN,
+            with: |n| Message::NodeInfo {
+                name: "n".repeat(n),
+                groups: vec!["web".into()],
+            },
+        },
+        Bound {
+            kind: Kind::NodeInfo,
+            field: "groups",
+            min: 0,
+            max: MAX_GROUPS,
+            with: |n| Message::NodeInfo {
+                name: "n1".into(),
+                groups: (0..n).map(|i| format!("g{i}")).collect(),
+            },
+        },
+        Bound {
+            kind: Kind::NodeInfo,
+            field: "groups",
+            min: 1,
+            max: MAX_NODE_NAME_LEN,
+            with: |n| Message::NodeInfo {
+                name: "n1".into(),
+                groups: vec!["web".into(), "g".repeat(n)],
+            },
+        },
+        Bound {
             kind: Kind::SeedOrder,
             field: "image",
             min: 1,

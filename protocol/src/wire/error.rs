@@ -189,6 +189,14 @@ pub enum InvalidMessage {
         /// The code.
         code: u8,
     },
+    /// A node or group name with characters outside the allowed set.
+    #[error(
+        "{field} is not a node or group name (ASCII letters, digits, '.', '_' and '-', starting with a letter or digit)"
+    )]
+    NodeName {
+        /// Which field.
+        field: &'static str,
+    },
     /// Seeding progress past its total.
     #[error("seed progress {done} of {total} bytes")]
     SeedProgress {

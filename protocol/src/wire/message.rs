@@ -7,8 +7,8 @@ use bytes::Bytes;
 use super::error::InvalidMessage;
 use super::payload::PIECE_PREFIX;
 use super::{
-    MAX_HAVE, MAX_IMAGE_LEN, MAX_MAP_PIECES, MAX_MEDIA_TYPE_LEN, MAX_NAME_LEN, MAX_PEER_ID_LEN,
-    MAX_REQUEST_PIECES, MAX_TAG_LEN, MAX_TEXT_LEN,
+    MAX_GROUPS, MAX_HAVE, MAX_IMAGE_LEN, MAX_MAP_PIECES, MAX_MEDIA_TYPE_LEN, MAX_NAME_LEN,
+    MAX_NODE_NAME_LEN, MAX_PEER_ID_LEN, MAX_REQUEST_PIECES, MAX_TAG_LEN, MAX_TEXT_LEN,
 };
 use crate::digest::Digest;
 use crate::piece::{PIECE_SIZE, PieceId, PieceLayout};
@@ -39,6 +39,8 @@ pub enum Kind {
     TagRequest = 0x17,
     /// [`Message::Tag`].
     Tag = 0x18,
+    /// [`Message::NodeInfo`].
+    NodeInfo = 0x19,
     /// [`Message::SeedOrder`].
     SeedOrder = 0x20,
     /// [`Message::SeedStatus`].
@@ -51,7 +53,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind of wire version 1.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::FleetChallenge,
         Kind::FleetProof,
         Kind::BlobMapRequest,
@@ -63,6 +65,7 @@ impl Kind {
         Kind::Fetch,
         Kind::TagRequest,
         Kind::Tag,
+        Kind::NodeInfo,
         Kind::SeedOrder,
         Kind::SeedStatus,
         Kind::Error,
@@ -88,6 +91,7 @@ impl Kind {
             Kind::Fetch => "Fetch",
             Kind::TagRequest => "TagRequest",
             Kind::Tag => "Tag",
+            Kind::NodeInfo => "NodeInfo",
             Kind::SeedOrder => "SeedOrder",
             Kind::SeedStatus => "SeedStatus",
             Kind::Error => "Error",
@@ -311,6 +315,15 @@ pub enum Message {
         /// The sender's last resolution of the tag, or `None` if it never resolved it.
         resolved: Option<TagResolution>,
     },
+    /// Tells a verified peer how operators call the sender: its node name and the
+    /// groups it belongs to, which `shoal seed` selects nodes by. One-way, sent once
+    /// per connection after the handshake.
+    NodeInfo {
+        /// The node's name ([`is_node_name`]).
+        name: String,
+        /// The groups it is in (0 to `MAX_GROUPS`, each [`is_node_name`]).
+        groups: Vec<String>,
+    },
     /// Orders the receiver to fetch and pin an image (fleet seeding).
     SeedOrder {
         /// The order's id, chosen by the issuing node, echoed in every status.
@@ -367,6 +380,7 @@ impl Message {
             Message::Fetch { .. } => Kind::Fetch,
             Message::TagRequest { .. } => Kind::TagRequest,
             Message::Tag { .. } => Kind::Tag,
+            Message::NodeInfo { .. } => Kind::NodeInfo,
             Message::SeedOrder { .. } => Kind::SeedOrder,
             Message::SeedStatus { .. } => Kind::SeedStatus,
             Message::Error { .. } => Kind::Error,
@@ -444,6 +458,13 @@ impl Message {
                     length("media_type", r.media_type.len(), 1, MAX_MEDIA_TYPE_LEN)?;
                 }
             }
+            Message::NodeInfo { name, groups } => {
+                node_name("name", name)?;
+                length("groups", groups.len(), 0, MAX_GROUPS)?;
+                for group in groups {
+                    node_name("groups", group)?;
+                }
+            }
             Message::SeedOrder {
                 image, origin_node, ..
             } => {
@@ -478,6 +499,26 @@ impl Message {
 fn names(upstream: &str, repo: &str) -> Result<(), InvalidMessage> {
     length("upstream", upstream.len(), 1, MAX_NAME_LEN)?;
     length("repo", repo.len(), 1, MAX_NAME_LEN)
+}
+
+/// Whether `name` may name a node or a group: 1 to `MAX_NODE_NAME_LEN` bytes of ASCII
+/// letters, digits, `.`, `_` and `-`, starting with a letter or digit. Such names are
+/// safe to print, to put in a comma-separated list and to compare byte for byte.
+pub fn is_node_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= MAX_NODE_NAME_LEN
+        && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A node or group name: its length first, then its characters.
+fn node_name(field: &'static str, name: &str) -> Result<(), InvalidMessage> {
+    length(field, name.len(), 1, MAX_NODE_NAME_LEN)?;
+    if is_node_name(name) {
+        Ok(())
+    } else {
+        Err(InvalidMessage::NodeName { field })
+    }
 }
 
 fn length(field: &'static str, len: usize, min: usize, max: usize) -> Result<(), InvalidMessage> {
@@ -588,6 +629,7 @@ impl fmt::Debug for DebugView<'_> {
                 .field("repo", repo)
                 .field("tag", tag)
                 .field("resolved", resolved),
+            Message::NodeInfo { name, groups } => s.field("name", name).field("groups", groups),
             Message::SeedOrder {
                 id,
                 image,

@@ -70,6 +70,7 @@
 //! | `0x16` | [`Fetch`](Message::Fetch) | `digest`, `size:u64`, `upstream:str`, `repo:str` | upstream and repo 1 to [`MAX_NAME_LEN`] bytes |
 //! | `0x17` | [`TagRequest`](Message::TagRequest) | `upstream:str`, `repo:str`, `tag:str` | upstream and repo 1 to [`MAX_NAME_LEN`] bytes; tag 1 to [`MAX_TAG_LEN`] bytes |
 //! | `0x18` | [`Tag`](Message::Tag) | `upstream`, `repo`, `tag`, `resolved:Option<(digest, media_type:str, resolved_at:u64)>` | as `TagRequest`; media type 1 to [`MAX_MEDIA_TYPE_LEN`] bytes |
+//! | `0x19` | [`NodeInfo`](Message::NodeInfo) | `name:str`, `groups:[str]` | name and each group 1 to [`MAX_NODE_NAME_LEN`] bytes of `[A-Za-z0-9._-]`, not starting with a symbol ([`is_node_name`]); at most [`MAX_GROUPS`] groups |
 //! | `0x20` | [`SeedOrder`](Message::SeedOrder) | `id:u64`, `image:str`, `pin_ttl_secs:u64`, `origin_node:bytes` | image 1 to [`MAX_IMAGE_LEN`] bytes; origin 1 to [`MAX_PEER_ID_LEN`] bytes |
 //! | `0x21` | [`SeedStatus`](Message::SeedStatus) | `id:u64`, `state:u8`, `bytes_done`, `bytes_total`, `from_origin`, `from_peers:u64`, `detail:str` | known state; done ≤ total; detail ≤ [`MAX_TEXT_LEN`] |
 //! | `0x30` | [`Error`](Message::Error) | `code:u8`, `message:str` | known code; message ≤ [`MAX_TEXT_LEN`] |
@@ -125,9 +126,14 @@
 //!    responder, and when, or `None` if it never resolved it. An answer is a hint
 //!    (how old a resolution may be is the asker's policy); the manifest it names is
 //!    still checked against its digest when fetched.
-//! 7. **Seeding**: `SeedOrder` → `SeedStatus` updates for that `id`, ending with state
-//!    `Complete` or `Failed`.
-//! 8. **Ending**: `Bye` says the sender will send nothing more; `Error` says why it
+//! 7. **Introduction**: one-way, once per connection after the handshake: `NodeInfo`
+//!    says how operators name the sender and which groups it is in; no answer.
+//! 8. **Seeding**: `SeedOrder` → `SeedStatus` updates for that `id` on the same stream
+//!    (the sender's policy says how often; the node sends one at least every 500 ms),
+//!    ending with state `Complete` or `Failed`. The asker then closes the stream.
+//!    An order whose `id` the receiver is already carrying out is not started twice:
+//!    the second asker gets the first run's statuses.
+//! 9. **Ending**: `Bye` says the sender will send nothing more; `Error` says why it
 //!    stops, and the sender then closes the stream.
 //!
 //! # What a receiver checks
@@ -160,8 +166,9 @@
 //!   of a higher version. The challenge's own layout (version 1, kind 1) is frozen so
 //!   that any two shoal versions can at least negotiate.
 //!
-//! Version 1 was extended with `Fetch`, `TagRequest` and `Tag` (`0x16` to `0x18`)
-//! before its release, when no node spoke it yet; from its release on it is frozen.
+//! Version 1 was extended with `Fetch`, `TagRequest` and `Tag` (`0x16` to `0x18`), and
+//! then `NodeInfo` (`0x19`), before its release, when no deployed node spoke it yet;
+//! from its release on it is frozen.
 //!
 //! Encodings are not canonical (postcard accepts overlong varints): compare messages,
 //! never frames' bytes, and never MAC a frame.
@@ -189,7 +196,7 @@ pub use error::{InvalidMessage, WireError};
 pub use fleet::{FleetId, FleetKey, FleetKeyError, MAX_KEY_FILE_LEN, MIN_PASSPHRASE_LEN};
 pub use frame::{Decoded, decode, decode_bytes, encode, encode_piece_header};
 pub use handshake::{Handshake, Role, Step, Verified};
-pub use message::{ErrorCode, Kind, Message, SeedState, TagResolution, Unavailable};
+pub use message::{ErrorCode, Kind, Message, SeedState, TagResolution, Unavailable, is_node_name};
 
 /// The newest wire version this node reads and writes.
 pub const VERSION: u8 = 1;
@@ -213,6 +220,10 @@ pub const MAX_HAVE: usize = 1024;
 pub const MAX_IMAGE_LEN: usize = 512;
 /// Longest peer id in a `SeedOrder`, in bytes (a libp2p `PeerId` is under 50).
 pub const MAX_PEER_ID_LEN: usize = 128;
+/// Longest node or group name in a `NodeInfo`, in bytes.
+pub const MAX_NODE_NAME_LEN: usize = 64;
+/// Most groups in a `NodeInfo`.
+pub const MAX_GROUPS: usize = 32;
 /// Longest text (`Error.message`, `SeedStatus.detail`), in bytes.
 pub const MAX_TEXT_LEN: usize = 1024;
 /// Longest registry host or repository in a `Fetch`, `TagRequest` or `Tag`, in bytes.

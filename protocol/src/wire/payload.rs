@@ -74,6 +74,7 @@ pub(crate) fn encode_payload(message: &Message, out: &mut Vec<u8>) {
                 .map(|r| (&r.digest, &r.media_type, r.resolved_at));
             put(&(upstream, repo, tag, resolved), out)
         }
+        Message::NodeInfo { name, groups } => put(&(name, groups), out),
         Message::SeedOrder {
             id,
             image,
@@ -220,6 +221,10 @@ pub(crate) fn decode_payload(
                     resolved_at,
                 }),
             }
+        }
+        Kind::NodeInfo => {
+            let (name, groups) = take(payload)?;
+            Message::NodeInfo { name, groups }
         }
         Kind::SeedOrder => {
             let (id, image, pin_ttl_secs, origin_node) = take(payload)?;

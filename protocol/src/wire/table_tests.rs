@@ -186,6 +186,18 @@ fn invalid_messages_are_refused_for_the_reason_validate_gives() {
         Message::Have {
             digests: vec![d; MAX_HAVE + 1],
         },
+        Message::NodeInfo {
+            name: "-n1".into(),
+            groups: vec![],
+        },
+        Message::NodeInfo {
+            name: "n1".into(),
+            groups: vec!["web front".into()],
+        },
+        Message::NodeInfo {
+            name: "n1".into(),
+            groups: vec!["é".into()],
+        },
         Message::SeedOrder {
             id: 1,
             image: String::new(),
@@ -367,6 +379,10 @@ fn the_largest_message_of_each_kind_fits_its_frame() {
                 resolved_at: u64::MAX,
             }),
         },
+        Message::NodeInfo {
+            name: "n".repeat(MAX_NODE_NAME_LEN),
+            groups: vec!["g".repeat(MAX_NODE_NAME_LEN); MAX_GROUPS],
+        },
         Message::SeedOrder {
             id: u64::MAX,
             image: "i".repeat(MAX_IMAGE_LEN),
@@ -496,6 +512,13 @@ fn golden_frames() {
         }))),
         tag
     );
+    assert_eq!(
+        frame(&Message::NodeInfo {
+            name: "n1".into(),
+            groups: vec!["web".into()]
+        }),
+        b"\x0a\0\0\0\x01\x19\x02n1\x01\x03web"
+    );
 }
 
 #[test]
@@ -536,4 +559,21 @@ fn every_kind_byte_maps_back() {
         .filter(|b| Kind::from_byte(*b).is_some())
         .count();
     assert_eq!(known, Kind::ALL.len());
+}
+
+#[test]
+fn node_names_are_plain_ascii_words() {
+    for ok in [
+        "n1",
+        "web-1",
+        "Host.example_2",
+        "9",
+        &"a".repeat(MAX_NODE_NAME_LEN),
+    ] {
+        assert!(is_node_name(ok), "{ok:?}");
+    }
+    let long = "a".repeat(MAX_NODE_NAME_LEN + 1);
+    for bad in ["", "-n", ".n", "_n", "a b", "a,b", "é", "a/b", "a:b", &long] {
+        assert!(!is_node_name(bad), "{bad:?}");
+    }
 }

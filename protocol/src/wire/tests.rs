@@ -163,6 +163,11 @@ pub(super) fn message() -> impl Strategy<Value = Message> {
                 }),
             }),
         (
+            "[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}",
+            proptest::collection::vec("[a-z0-9][a-z0-9._-]{0,63}", 0..=MAX_GROUPS)
+        )
+            .prop_map(|(name, groups)| Message::NodeInfo { name, groups }),
+        (
             any::<u64>(),
             "[a-z0-9./:@-]{1,200}",
             any::<u64>(),
