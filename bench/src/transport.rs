@@ -87,7 +87,16 @@ pub fn libp2p_time(bytes: u64) -> anyhow::Result<Duration> {
     let started = sender_rt.block_on(async move {
         let mut swarm = libp2p_swarm()?;
         let mut control = swarm.behaviour().new_control();
-        swarm.dial(addr)?;
+        swarm.dial(addr.with(libp2p::multiaddr::Protocol::P2p(peer)))?;
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => break,
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    anyhow::bail!("cannot reach the receiver: {error}")
+                }
+                _ => {}
+            }
+        }
         let drive = tokio::spawn(async move {
             loop {
                 swarm.select_next_some().await;
