@@ -14,7 +14,8 @@
 //!   the old version as a prefix dictionary, segmented for large files) and applies
 //!   them, checking base and result by BLAKE3.
 //!
-//! Bit-exact recompression of layer blobs will live here too.
+//! - [`gzip`] re-creates a layer's gzip blob bit for bit from its tar and a profile of
+//!   a few dozen bytes naming the encoder (Go's, klauspost's pgzip, zlib) that wrote it.
 //!
 //! This crate is pure: it takes bytes and returns values, with no files, sockets or
 //! async runtime. Its one thread pool is not its own: bidiff sorts with rayon, which
@@ -28,6 +29,7 @@
 mod chunker;
 pub mod delta;
 mod error;
+pub mod gzip;
 mod header;
 pub mod recipe;
 mod recreate;
