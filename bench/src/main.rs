@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod flatten;
+mod fleet;
 mod gc;
 mod peers;
 mod recipes;
@@ -37,6 +38,10 @@ enum Command {
     /// Peer-to-peer throughput of one large blob between two nodes on loopback (QUIC,
     /// BLAKE3 per piece, sha256 per blob), beside curl from the docker-registry origin.
     Peers(peers::PeersArgs),
+    /// A fleet of real hosts in network namespaces on shaped links: cold, update,
+    /// churn and proxy scenarios with shoal, beside every host pulling from the origin
+    /// and beside the lower bound; JSON and an HTML report. Needs root.
+    Fleet(fleet::FleetArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Command::Gc(args) => gc::run(&args),
         Command::Flatten(args) => flatten::run(&args),
         Command::Peers(args) => peers::run(&args),
+        Command::Fleet(args) => fleet::run(&args),
     }
 }

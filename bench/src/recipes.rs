@@ -164,7 +164,7 @@ pub fn run(args: &RecipesArgs) -> anyhow::Result<()> {
 }
 
 /// A minbase Debian root in `dir` (kept if already built).
-fn debootstrap(dir: &Path, include: Option<&str>) -> anyhow::Result<PathBuf> {
+pub(crate) fn debootstrap(dir: &Path, include: Option<&str>) -> anyhow::Result<PathBuf> {
     if dir.join("etc/debian_version").is_file() {
         return Ok(dir.to_owned());
     }

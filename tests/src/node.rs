@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -13,14 +13,27 @@ use crate::process::{Daemon, free_port, run, wait_for_port};
 /// The `shoal` binary of this workspace, built (once per test process) in the profile
 /// the tests run in, so a test never runs a stale binary.
 pub fn shoal_binary() -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build_shoal().map_err(|e| format!("{e:#}")))
+    workspace_binary("shoal-node", "shoal")
+}
+
+/// Binary `bin` of workspace package `package`, built once per process like
+/// [`shoal_binary`] (the bench is run this way by its test).
+pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    type Built = std::collections::HashMap<String, Arc<OnceLock<Result<PathBuf, String>>>>;
+    static BUILT: OnceLock<Mutex<Built>> = OnceLock::new();
+    let cell = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(format!("{package}/{bin}"))
+        .or_default()
+        .clone();
+    cell.get_or_init(|| build(package, bin).map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-fn build_shoal() -> anyhow::Result<PathBuf> {
+fn build(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // <target>/<profile>/deps/<test binary> (tests) or <target>/<profile>/<binary> (bench).
     let mut profile_dir = exe.parent().context("exe has a directory")?.to_owned();
@@ -37,9 +50,9 @@ fn build_shoal() -> anyhow::Result<PathBuf> {
         "build",
         "-q",
         "-p",
-        "shoal-node",
+        package,
         "--bin",
-        "shoal",
+        bin,
         "--message-format=json-render-diagnostics",
     ]);
     if release {
@@ -61,18 +74,27 @@ fn build_shoal() -> anyhow::Result<PathBuf> {
             cmd.env_remove(name.as_ref());
         }
     }
-    let out = run(&mut cmd, Duration::from_secs(1800)).context("building the shoal binary")?;
-    // The executable cargo reports for this workspace, not `<target>/debug/shoal`: the
+    // Build beside the running executable: the target directory it was built in,
+    // unless cargo was told one (a binary run by hand would otherwise build the whole
+    // workspace again in `./target`).
+    if std::env::var_os("CARGO_TARGET_DIR").is_none()
+        && let Some(target) = profile_dir.parent()
+    {
+        cmd.arg("--target-dir").arg(target);
+    }
+    let out = run(&mut cmd, Duration::from_secs(1800))
+        .with_context(|| format!("building the {bin} binary"))?;
+    // The executable cargo reports for this workspace, not `<target>/debug/<bin>`: the
     // target directory may be shared with other checkouts (CI clones), which all
     // uplift to that one path.
     let exe = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "shoal")
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo reported no shoal executable")?;
+        .with_context(|| format!("cargo reported no {bin} executable"))?;
     if !exe.is_file() {
-        bail!("cargo built shoal but {} is not there", exe.display());
+        bail!("cargo built {bin} but {} is not there", exe.display());
     }
     Ok(exe)
 }
