@@ -68,7 +68,12 @@ pub(super) async fn fetch_through_elected(
     match asked {
         Ok(Ok(true)) => {
             tracing::debug!(%digest, peer = %chosen, "the fleet's elected node is fetching it; taking pieces from it");
-            fetch_from_peers(p2p, digest, None, tx, vec![chosen], floor).await
+            // Every other member pulling the blob now takes pieces from the elected
+            // node too, and serves them as they land: asked alongside it, the
+            // fleet forms a swarm rather than a star around one uplink.
+            let mut peers = vec![chosen];
+            peers.extend(p2p.swarm_partners(&digest, chosen));
+            fetch_from_peers(p2p, digest, None, tx, peers, floor).await
         }
         Ok(Ok(false)) => Err(PeerFetchError::NoPeers(digest)),
         Ok(Err(e)) => {

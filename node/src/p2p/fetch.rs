@@ -42,6 +42,11 @@ const WINDOW: usize = 12;
 const MAX_PEERS: usize = 8;
 /// How often a peer whose map is incomplete is asked again.
 const MAP_REFRESH: Duration = Duration::from_millis(150);
+/// Once a transfer runs, a peer that held nothing of the blob is asked again after
+/// this long (it may be fetching the blob too by then, and serve what it has)...
+const ABSENT_RETRY: Duration = Duration::from_millis(500);
+/// ...this many times.
+const MAX_ABSENT: u32 = 6;
 
 /// How long peers are watched before their pace is judged, and the span it is
 /// measured over.
@@ -157,7 +162,11 @@ enum Report {
         peer: PeerId,
         index: u32,
     },
-    /// The peer holds nothing of the blob, or the stream ended.
+    /// The peer holds nothing of the blob yet (or is too busy to say).
+    Absent {
+        peer: PeerId,
+    },
+    /// The stream ended.
     Gone {
         peer: PeerId,
         why: String,
@@ -223,6 +232,10 @@ pub async fn fetch_from_peers(
     let mut state: Option<Assembly> = None;
     let started = Instant::now();
     let mut pace = Pace::new(floor, started);
+    // Peers that held nothing when asked, to ask again (when, who), and how often each
+    // was asked.
+    let mut revisit: Vec<(Instant, PeerId)> = Vec::new();
+    let mut absences: HashMap<PeerId, u32> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let report = tokio::select! {
@@ -257,6 +270,12 @@ pub async fn fetch_from_peers(
                         ..
                     } if retry(p2p, &mut retries, peer) => {
                         slots.insert(peer, spawn_worker(p2p, peer, digest, &reports_tx));
+                    }
+                    Report::Absent { peer } => {
+                        // Asked again once a transfer runs (it may be fetching too).
+                        slots.remove(&peer);
+                        absences.insert(peer, 1);
+                        revisit.push((now + ABSENT_RETRY, peer));
                     }
                     Report::Gone { peer, .. } | Report::Lied { peer, .. } => {
                         slots.remove(&peer);
@@ -326,8 +345,26 @@ pub async fn fetch_from_peers(
                     a.release(&mut slots, peer);
                     lied(p2p, &mut slots, peer, &why);
                 }
+                Report::Absent { peer } => {
+                    a.release(&mut slots, peer);
+                    let n = absences.entry(peer).or_insert(0);
+                    *n += 1;
+                    if *n <= MAX_ABSENT {
+                        revisit.push((now + ABSENT_RETRY, peer));
+                    }
+                }
             }
         }
+        // Peers due to be asked again, while there is room.
+        revisit.retain(|(due, peer)| {
+            if *due > now {
+                return true;
+            }
+            if slots.len() < MAX_PEERS && !slots.contains_key(peer) && p2p.table.is_verified(peer) {
+                slots.insert(*peer, spawn_worker(p2p, *peer, digest, &reports_tx));
+            }
+            false
+        });
         if a.done() {
             let a = state.take().expect("`a` borrows it");
             return a.finish(p2p, &slots).await;
@@ -352,7 +389,7 @@ pub async fn fetch_from_peers(
             }
         }
         a.assign_all(&mut slots);
-        if slots.is_empty() {
+        if slots.is_empty() && revisit.is_empty() {
             return Err(a.stalled("every peer left"));
         }
         if now - a.last_progress > p2p.config.stall_timeout {
@@ -803,11 +840,7 @@ async fn worker(
                         reason: Unavailable::UnknownBlob | Unavailable::Busy,
                         ..
                     },
-                ) if d == digest => Report::Gone {
-                    peer,
-                    why: "it does not hold the blob".into(),
-                    transient: false,
-                },
+                ) if d == digest => Report::Absent { peer },
                 (
                     Expect::Piece { index, id },
                     Message::Piece {

@@ -300,6 +300,27 @@ impl P2p {
         self.config.min_peer_rate.max(relative)
     }
 
+    /// Verified peers other than `chosen` to swarm with for `digest` while `chosen`
+    /// fetches it from the origin, in an order of this node's own (so that each node
+    /// starts with different partners).
+    fn swarm_partners(&self, digest: &Digest, chosen: PeerId) -> Vec<PeerId> {
+        let mut rest: Vec<PeerId> = self
+            .table
+            .verified()
+            .into_iter()
+            .filter(|p| *p != chosen && *p != self.local)
+            .collect();
+        let mut salt = digest.as_bytes().to_vec();
+        salt.extend_from_slice(&self.local.to_bytes());
+        rest.sort_by_key(|p| {
+            let mut h = blake3::Hasher::new();
+            h.update(&salt);
+            h.update(&p.to_bytes());
+            *h.finalize().as_bytes()
+        });
+        rest
+    }
+
     /// Verified peers to ask for `digest`: those that announced it first, then the
     /// rest in the blob's rendezvous order (so askers spread over the fleet alike).
     fn candidates(&self, digest: &Digest) -> Vec<PeerId> {
