@@ -88,10 +88,10 @@ pub struct P2pConfig {
     /// [default: 10 min].
     pub ban: Duration,
     /// Peers delivering a blob slower than this (bytes per second, over
-    /// [`crate::p2p::fetch::PACE_WINDOW`]) lose it to the origin [default: 1 MiB/s].
+    /// [`crate::p2p::fetch::PACE_WINDOW`]) lose it to the origin [default: 0, off].
     pub min_peer_rate: u64,
     /// Peers delivering a blob slower than this fraction of the origin's recent rate
-    /// lose it to the origin [default: 0.5].
+    /// lose it to the origin [default: 0.25].
     pub slow_peer_fraction: f64,
     /// Test mode (the hidden `--test-peer-fault`): how to misbehave towards peers.
     pub fault: Option<PeerFault>,
@@ -166,12 +166,12 @@ impl P2pConfig {
             min_peer_rate: match &section.min_peer_rate {
                 Some(v) => crate::config::parse_size(v)
                     .with_context(|| format!("[p2p] min_peer_rate {v:?}"))?,
-                None => 1 << 20,
+                None => 0,
             },
             slow_peer_fraction: match section.slow_peer_fraction {
                 Some(f) if (0.0..=1.0).contains(&f) => f,
                 Some(f) => bail!("[p2p] slow_peer_fraction {f} is not between 0 and 1"),
-                None => 0.5,
+                None => 0.25,
             },
             fault: flags.test_peer_fault,
             name: name.to_owned(),

@@ -52,7 +52,6 @@ pub(super) async fn fetch_through_elected(
     source: &Source,
     digest: Digest,
     tx: &watch::Sender<FetchState>,
-    floor: u64,
 ) -> Result<(), PeerFetchError> {
     let chosen = elected(p2p, &digest);
     if chosen == p2p.local_id() {
@@ -73,7 +72,7 @@ pub(super) async fn fetch_through_elected(
             // fleet forms a swarm rather than a star around one uplink.
             let mut peers = vec![chosen];
             peers.extend(p2p.swarm_partners(&digest, chosen));
-            fetch_from_peers(p2p, digest, None, tx, peers, floor).await
+            fetch_from_peers(p2p, digest, None, tx, peers, 0).await
         }
         Ok(Ok(false)) => Err(PeerFetchError::NoPeers(digest)),
         Ok(Err(e)) => {

@@ -259,6 +259,7 @@ pub async fn fetch_from_peers(
                         } else {
                             let mut a =
                                 Assembly::start(digest, size, tx, Arc::clone(&store)).await?;
+                            a.spread_by(&p2p.local_id());
                             a.on_map(&mut slots, peer, start, pieces, complete);
                             state = Some(a);
                             pace = Pace::new(floor, Instant::now());
@@ -464,6 +465,9 @@ struct Assembly {
     hashed: u64,
     last_progress: Instant,
     held_bytes: u64,
+    /// A rank per piece, this node's own: among equally rare pieces a swarm's members
+    /// ask for different ones first, so that they have something to trade.
+    spread: Vec<u32>,
 }
 
 impl Assembly {
@@ -515,9 +519,24 @@ impl Assembly {
             hashed: 0,
             last_progress: Instant::now(),
             held_bytes,
+            spread: Vec::new(),
         };
         a.advance_hash(None).await?;
         Ok(a)
+    }
+
+    /// Ranks the pieces in an order of `local`'s own (see `spread`).
+    fn spread_by(&mut self, local: &PeerId) {
+        let mut seed = blake3::Hasher::new();
+        seed.update(&local.to_bytes());
+        seed.update(self.digest.as_bytes());
+        let key = *seed.finalize().as_bytes();
+        self.spread = (0..self.ids.len() as u32)
+            .map(|i| {
+                let h = blake3::keyed_hash(&key, &i.to_le_bytes());
+                u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes"))
+            })
+            .collect();
     }
 
     fn on_map(
@@ -581,9 +600,19 @@ impl Assembly {
             return;
         }
         let count = self.ids.len();
-        // How many peers hold each piece: the rarest go first, lowest index among equals
-        // (which keeps a fleet of complete peers streaming in order).
-        let mut candidates: Vec<(usize, usize)> = Vec::new();
+        // How many peers hold each piece: the rarest go first. Among equals, the lowest
+        // index when every peer is complete (streaming in order), and this node's own
+        // order when some are still fetching too (a swarm, whose members should not all
+        // ask the one complete peer for the same pieces).
+        let swarm = slots.values().any(|s| !s.complete);
+        let tiebreak = |i: usize| {
+            if swarm {
+                self.spread.get(i).copied().unwrap_or(0)
+            } else {
+                i as u32
+            }
+        };
+        let mut candidates: Vec<(usize, u32, usize)> = Vec::new();
         let mut endgame: Vec<(usize, usize)> = Vec::new();
         let slot = &slots[&peer];
         for i in 0..count {
@@ -599,13 +628,17 @@ impl Assembly {
                 .filter(|s| s.avail.get(i).copied().unwrap_or(false))
                 .count();
             match self.in_flight.get(&(i as u32)) {
-                None => candidates.push((rarity, i)),
+                None => candidates.push((rarity, tiebreak(i), i)),
                 Some(&copies) if copies < 2 => endgame.push((rarity, i)),
                 Some(_) => {}
             }
         }
         candidates.sort();
-        let mut picked: Vec<usize> = candidates.into_iter().take(room).map(|(_, i)| i).collect();
+        let mut picked: Vec<usize> = candidates
+            .into_iter()
+            .take(room)
+            .map(|(_, _, i)| i)
+            .collect();
         // End-game: nothing left that is not already requested, so ask a second peer
         // for what is outstanding; the first answer wins.
         if picked.is_empty() && self.in_flight.len() >= self.missing() {

@@ -289,7 +289,10 @@ impl P2p {
                 other => return other,
             }
         }
-        elect::fetch_through_elected(self, source, digest, tx, floor).await
+        // No pace here: the elected node streams what the origin gives it, so the
+        // origin would be no faster, and a fleet that lost patience with it would
+        // stampede the origin, the one thing the election is for.
+        elect::fetch_through_elected(self, source, digest, tx).await
     }
 
     /// The pace, in bytes per second, under which peers lose a blob to the origin:
