@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod deltas;
 mod flatten;
 mod fleet;
 mod gc;
@@ -29,6 +30,9 @@ enum Command {
     /// Layer ingest (decompress, chunk, hash, store) on two versions of a real Debian
     /// root, beside gzip -d; recipe sizes; content reuse between the versions.
     Recipes(recipes::RecipesArgs),
+    /// Bytes and time of a layer's pack against its previous version, beside the layer
+    /// as gzip and `zstd -19 --long=27 --patch-from`, on two real Debian version pairs.
+    Deltas(deltas::DeltasArgs),
     /// Garbage collection: its time, the budget held after every pull, and the store's
     /// size on disk beside what GC counts.
     Gc(gc::GcArgs),
@@ -48,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(&args),
         Command::Recipes(args) => recipes::run(&args),
+        Command::Deltas(args) => deltas::run(&args),
         Command::Gc(args) => gc::run(&args),
         Command::Flatten(args) => flatten::run(&args),
         Command::Peers(args) => peers::run(&args),

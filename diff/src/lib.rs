@@ -14,6 +14,10 @@
 //!   the old version as a prefix dictionary, segmented for large files) and applies
 //!   them, checking base and result by BLAKE3.
 //!
+//! - [`pack`] makes a layer's transfer plan against layers the receiver holds (their
+//!   chunks cost nothing, changed files go as deltas, new content as one zstd stream,
+//!   the recipe compressed against theirs) and applies it, checking every chunk.
+//!
 //! - [`gzip`] re-creates a layer's gzip blob bit for bit from its tar and a profile of
 //!   a few dozen bytes naming the encoder (Go's, klauspost's pgzip, zlib) that wrote it.
 //!
@@ -31,6 +35,7 @@ pub mod delta;
 mod error;
 pub mod gzip;
 mod header;
+pub mod pack;
 pub mod recipe;
 mod recreate;
 

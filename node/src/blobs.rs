@@ -31,6 +31,7 @@ use crate::config::Upstream;
 use crate::gc::leases::{Lease, Leases};
 use crate::origin::{Origin, OriginError};
 use crate::p2p::P2p;
+use crate::p2p::packs::PackMiss;
 use crate::stats::Stats;
 use crate::store::{BlobRecord, PieceReadError, Store, StoreError, read_piece};
 
@@ -262,6 +263,14 @@ impl Blobs {
         })
     }
 
+    /// Whether a fetch of `digest` is running on this node.
+    pub fn in_flight(&self, digest: &Digest) -> bool {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(digest)
+    }
+
     /// The lease table its readers use (shared with ingest and GC).
     pub fn leases(&self) -> &Arc<Leases> {
         &self.leases
@@ -408,32 +417,102 @@ impl Blobs {
     }
 
     /// Asks the fleet first (when there is one), then the origin for whatever the
-    /// fleet did not deliver.
+    /// fleet did not deliver. Peers left for the origin (too slow, stalled) are taken
+    /// back, at any pace, if the origin turns out to be down: they are all there is.
     async fn fetch_from_fleet_or_origin(
         &self,
         source: &Source,
         digest: &Digest,
         tx: &watch::Sender<FetchState>,
     ) -> Result<(), BlobError> {
+        let mut left_peers = None;
         if let Some(p2p) = &self.p2p {
+            if self.fetch_by_pack(p2p, source, digest).await? {
+                p2p.provide(*digest);
+                return Ok(());
+            }
             let origin_rate = self.origin_rate(&source.upstream.host);
             match p2p.fetch(source, *digest, tx, origin_rate).await {
                 Ok(()) => {
-                    if let Some(p2p) = &self.p2p {
-                        p2p.provide(*digest);
-                    }
+                    p2p.provide(*digest);
                     return Ok(());
                 }
                 Err(crate::p2p::fetch::PeerFetchError::NoPeers(_)) => {}
-                Err(e) => tracing::warn!(%digest, "fetching the rest from the origin: {e}"),
+                Err(e) => {
+                    tracing::warn!(%digest, "fetching the rest from the origin: {e}");
+                    left_peers = Some(p2p);
+                }
             }
         }
         Stats::add(&self.stats.origin_fetches, 1);
-        self.fetch_inner(source, digest, tx).await?;
+        match (self.fetch_inner(source, digest, tx).await, left_peers) {
+            (Ok(()), _) => {}
+            (Err(e), Some(p2p)) if origin_down(&e) => {
+                tracing::warn!(%digest, "the origin is down ({e}); taking the rest from peers at their pace");
+                if let Err(again) = p2p.fetch_at_any_pace(source, *digest, tx).await {
+                    tracing::warn!(%digest, "peers did not deliver the rest either: {again}");
+                    return Err(e);
+                }
+            }
+            (Err(e), _) => return Err(e),
+        }
         if let Some(p2p) = &self.p2p {
             p2p.provide(*digest);
         }
         Ok(())
+    }
+
+    /// Tries to get layer `digest` as a pack from a peer that holds it, when this node
+    /// holds other layers of its repository (see [`crate::packs`]); returns whether
+    /// the blob is now complete. A pack that came and failed leaves nothing behind,
+    /// and the blob is fetched as pieces (`layers_fetched_whole`).
+    async fn fetch_by_pack(
+        &self,
+        p2p: &Arc<P2p>,
+        source: &Source,
+        digest: &Digest,
+    ) -> Result<bool, BlobError> {
+        if !p2p.config.packs {
+            return Ok(false);
+        }
+        let (d, host, repo) = (*digest, source.upstream.host.clone(), source.repo.clone());
+        let held = self
+            .blocking(move |s| {
+                // A partial (a fetch that was cut) resumes as pieces.
+                if s.partial(&d)?.is_some() {
+                    return Ok(Vec::new());
+                }
+                crate::packs::held_layers(s, &host, &repo, &d)
+            })
+            .await?;
+        if held.is_empty() {
+            return Ok(false);
+        }
+        // The layers the pack builds on stay while it is applied.
+        let _leases: Vec<Lease> = held.iter().map(|d| self.leases.take(*d)).collect();
+        match p2p.fetch_by_pack(source, *digest, held).await {
+            Ok(rebuilt) => {
+                Stats::add(&self.stats.layers_recreated, 1);
+                Stats::add(
+                    &self.stats.bytes_chunks_reused,
+                    rebuilt.summary.reused_bytes,
+                );
+                tracing::info!(
+                    %digest,
+                    pack_bytes = rebuilt.summary.pack_bytes,
+                    reused_bytes = rebuilt.summary.reused_bytes,
+                    tar_bytes = rebuilt.tar_size,
+                    "layer re-created from a pack"
+                );
+                Ok(true)
+            }
+            Err(PackMiss::NotOffered) => Ok(false),
+            Err(e) => {
+                Stats::add(&self.stats.layers_fetched_whole, 1);
+                tracing::warn!(%digest, "fetching the layer as pieces instead of a pack: {e}");
+                Ok(false)
+            }
+        }
     }
 
     async fn fetch_inner(
@@ -651,6 +730,16 @@ impl Blobs {
             .await
             .map_err(|e| BlobError::Internal(e.to_string()))?
             .map_err(BlobError::from)
+    }
+}
+
+/// Whether an origin's failure says it is down (no connection, or a 5xx answer) rather
+/// than that it refused or broke the protocol.
+fn origin_down(e: &BlobError) -> bool {
+    match e {
+        BlobError::Origin(OriginError::Unreachable { .. }) => true,
+        BlobError::Origin(OriginError::Status { status, .. }) => status.is_server_error(),
+        _ => false,
     }
 }
 

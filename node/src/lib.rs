@@ -20,6 +20,7 @@ pub mod mirror;
 pub mod node;
 pub mod origin;
 pub mod p2p;
+pub mod packs;
 pub mod pull;
 pub mod seed;
 pub mod stats;

@@ -89,7 +89,7 @@ pub fn render(
     requests: &RequestMetrics,
 ) -> String {
     let mut e = Exposition::default();
-    let counters: [(&str, &AtomicU64, &str); 13] = [
+    let counters: [(&str, &AtomicU64, &str); 18] = [
         (
             "shoal_origin_bytes_total",
             &stats.bytes_from_origin,
@@ -139,6 +139,31 @@ pub fn render(
             "shoal_ingest_failures_total",
             &stats.ingest_failures,
             "Layers that could not be given a recipe (the log says why); they are still served.",
+        ),
+        (
+            "shoal_layers_recreated_total",
+            &stats.layers_recreated,
+            "Layer blobs re-created bit for bit from a pack received from a peer, and verified by digest.",
+        ),
+        (
+            "shoal_layers_fetched_whole_total",
+            &stats.layers_fetched_whole,
+            "Layer blobs fetched as pieces after a pack could not re-create them.",
+        ),
+        (
+            "shoal_delta_bytes_total",
+            &stats.bytes_delta,
+            "Bytes of packs (deltas, new chunks, recipes) received from peers.",
+        ),
+        (
+            "shoal_chunks_reused_bytes_total",
+            &stats.bytes_chunks_reused,
+            "Content bytes of layers received as packs that were already held as chunks.",
+        ),
+        (
+            "shoal_packs_made_total",
+            &stats.packs_made,
+            "Packs made for peers.",
         ),
         (
             "shoal_gc_runs_total",

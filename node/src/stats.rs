@@ -48,6 +48,19 @@ pub struct Stats {
     pub peers: AtomicU64,
     /// Pieces refused from peers (bad BLAKE3, wrong length, unrequested).
     pub bad_peer_pieces: AtomicU64,
+    /// Layer blobs re-created from a pack (content from chunks held, deltas and new
+    /// chunks, then compressed as the origin's blob was) and verified by digest.
+    pub layers_recreated: AtomicU64,
+    /// Layer blobs fetched as pieces after a pack was tried and could not re-create
+    /// them (no encoder profile, or the re-created bytes differed).
+    pub layers_fetched_whole: AtomicU64,
+    /// Bytes of packs received from peers (a subset of `bytes_from_peers`).
+    pub bytes_delta: AtomicU64,
+    /// Content bytes of layers received as packs that the node already held as
+    /// chunks, and so did not receive.
+    pub bytes_chunks_reused: AtomicU64,
+    /// Packs made for peers.
+    pub packs_made: AtomicU64,
 }
 
 impl Stats {
@@ -94,6 +107,11 @@ impl Stats {
             peer_fetches: get(&self.peer_fetches),
             peers: get(&self.peers),
             bad_peer_pieces: get(&self.bad_peer_pieces),
+            layers_recreated: get(&self.layers_recreated),
+            layers_fetched_whole: get(&self.layers_fetched_whole),
+            bytes_delta: get(&self.bytes_delta),
+            bytes_chunks_reused: get(&self.bytes_chunks_reused),
+            packs_made: get(&self.packs_made),
         }
     }
 }
@@ -171,4 +189,19 @@ pub struct StatsSnapshot {
     /// Pieces from peers refused since the node started (bad BLAKE3, wrong length).
     #[serde(default)]
     pub bad_peer_pieces: u64,
+    /// Layer blobs re-created from packs and verified, since the node started.
+    #[serde(default)]
+    pub layers_recreated: u64,
+    /// Layer blobs fetched as pieces because a pack could not re-create them.
+    #[serde(default)]
+    pub layers_fetched_whole: u64,
+    /// Bytes of packs received from peers (also counted in `bytes_from_peers`).
+    #[serde(default)]
+    pub bytes_delta: u64,
+    /// Content bytes of layers received as packs that were already held as chunks.
+    #[serde(default)]
+    pub bytes_chunks_reused: u64,
+    /// Packs made for peers since the node started.
+    #[serde(default)]
+    pub packs_made: u64,
 }

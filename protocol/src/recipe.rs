@@ -251,12 +251,20 @@ impl Recipe {
 /// Encodes a recipe: a version byte, then the zstd-compressed postcard form. Headers
 /// dominate a recipe's size and compress about tenfold.
 pub fn encode(recipe: &Recipe) -> Vec<u8> {
-    // postcard cannot fail on these types (no maps with non-string keys, no unsized
-    // sequences), and zstd cannot fail writing to memory at a valid level.
-    let raw = postcard::to_stdvec(recipe).expect("postcard encodes plain structs");
+    let raw = to_raw(recipe);
     let mut out = vec![VERSION];
+    // zstd cannot fail writing to memory at a valid level.
     out.extend(zstd::bulk::compress(&raw, 3).expect("zstd compresses to memory"));
     out
+}
+
+/// The recipe's postcard form: what [`encode`] compresses, and what a layer's pack
+/// compresses against its bases' recipes (`shoal_diff::pack`). The same recipe gives
+/// the same bytes on every node of this version, whatever its zstd.
+pub fn to_raw(recipe: &Recipe) -> Vec<u8> {
+    // postcard cannot fail on these types (no maps with non-string keys, no unsized
+    // sequences).
+    postcard::to_stdvec(recipe).expect("postcard encodes plain structs")
 }
 
 /// Decodes and validates a recipe from untrusted bytes.
@@ -275,8 +283,26 @@ pub fn decode(bytes: &[u8]) -> Result<Recipe, RecipeError> {
     }
     let raw = zstd::bulk::decompress(body, MAX_DECODED)
         .map_err(|e| RecipeError::Encoding(format!("zstd: {e}")))?;
-    let recipe: Recipe =
-        postcard::from_bytes(&raw).map_err(|e| RecipeError::Encoding(e.to_string()))?;
+    from_raw(&raw)
+}
+
+/// Decodes and validates a recipe from its untrusted postcard form ([`to_raw`]), which
+/// must be at most [`MAX_DECODED`] bytes with nothing after the recipe.
+pub fn from_raw(raw: &[u8]) -> Result<Recipe, RecipeError> {
+    if raw.len() > MAX_DECODED {
+        return Err(RecipeError::TooLarge(format!(
+            "{} decoded bytes",
+            raw.len()
+        )));
+    }
+    let (recipe, rest): (Recipe, _) =
+        postcard::take_from_bytes(raw).map_err(|e| RecipeError::Encoding(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(RecipeError::Encoding(format!(
+            "{} bytes follow the recipe",
+            rest.len()
+        )));
+    }
     recipe.validate()?;
     Ok(recipe)
 }
@@ -326,7 +352,8 @@ mod tests {
         #[test]
         fn encode_then_decode_is_identity(sizes in proptest::collection::vec(0u64..600_000, 0..20)) {
             let r = recipe(sizes.iter().enumerate().map(|(i, s)| entry(&format!("f{i}"), *s)).collect());
-            prop_assert_eq!(decode(&encode(&r)).unwrap(), r);
+            prop_assert_eq!(decode(&encode(&r)).unwrap(), r.clone());
+            prop_assert_eq!(from_raw(&to_raw(&r)).unwrap(), r);
         }
 
         #[test]
@@ -362,5 +389,9 @@ mod tests {
         bomb.extend(zstd::bulk::compress(&vec![0u8; MAX_DECODED + 1], 19).unwrap());
         assert!(decode(&bomb).is_err());
         assert!(matches!(decode(&[9, 1, 2]), Err(RecipeError::Version(9))));
+        // The raw form takes nothing after the recipe.
+        let mut raw = to_raw(&recipe(vec![entry("a", 1000)]));
+        raw.push(0);
+        assert!(matches!(from_raw(&raw), Err(RecipeError::Encoding(_))));
     }
 }

@@ -71,7 +71,18 @@ impl Fleet {
         key: Option<&Path>,
         extra: &[String],
     ) -> anyhow::Result<Node> {
-        let port = free_udp_port();
+        self.add_node_on(name, key, extra, free_udp_port())
+    }
+
+    /// Like [`Fleet::add_node`], with its QUIC endpoint on `port` (one that nodes
+    /// started before it may already name with `--bootstrap`, so that they dial it too).
+    pub fn add_node_on(
+        &mut self,
+        name: &str,
+        key: Option<&Path>,
+        extra: &[String],
+        port: u16,
+    ) -> anyhow::Result<Node> {
         let listen = format!("127.0.0.1:{port}");
         let mapping = format!("{}={}", self.alias, self.proxy.url());
         let mut args: Vec<String> = vec!["--registry".into(), mapping, "--no-mdns".into()];

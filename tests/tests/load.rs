@@ -1,23 +1,32 @@
-//! Load: 16 skopeo pulls at once through one node, of 8 images each pulled twice at
-//! the same moment (so identical pulls meet in single-flight fetches and different
-//! ones share a base layer). Every pull must succeed with the origin's digests, and the
-//! node's anonymous memory must stay under its bound the whole time.
+//! Load on one node, in two rounds. First 16 skopeo pulls at once through it, of 8
+//! images each pulled twice at the same moment (so identical pulls meet in
+//! single-flight fetches and different ones share a base layer), all from the origin.
+//! Then 8 peer nodes join its fleet, the origin stops, and the 16 pulls run again
+//! while every peer pulls all 8 images through its own mirror at the same time:
+//! with the origin down and the node the only one that holds anything, every byte the
+//! peers get leaves the node over peer-to-peer (or, once a peer holds it, another
+//! peer). Every pull must succeed with the origin's digests, and the node's anonymous
+//! memory must stay under its bound the whole time.
 //!
 //! The bound is on `RssAnon` (heap and stacks). Pieces are read through memory maps,
 //! so `RssFile` grows with what is served and is page cache the kernel can drop; it
 //! is reported, not bounded.
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use shoal_tests::engines::skopeo_copy;
-use shoal_tests::fixture::Mirror;
-use shoal_tests::image::{Layer, Layout, noise};
+use shoal_tests::engines::{Pulled, skopeo_copy};
+use shoal_tests::fleet::Fleet;
+use shoal_tests::image::{Built, Layer, Layout, noise};
 
 /// The node's anonymous memory must stay under this during the load.
 const ANON_BOUND_MIB: u64 = 384;
 const PULLERS: u64 = 16;
+const PEERS: usize = 8;
 
 /// (RssAnon, RssFile) of `pid` in KiB.
 fn rss(pid: u32) -> Option<(u64, u64)> {
@@ -34,11 +43,88 @@ fn rss(pid: u32) -> Option<(u64, u64)> {
     Some((field("RssAnon:")?, field("RssFile:")?))
 }
 
+/// Samples a process's peak `RssAnon` and `RssFile` (KiB) until stopped.
+struct Sampler {
+    done: Arc<AtomicBool>,
+    peaks: Arc<(AtomicU64, AtomicU64)>,
+    thread: JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let done = Arc::new(AtomicBool::new(false));
+        let peaks = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let thread = {
+            let (done, peaks) = (done.clone(), peaks.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    if let Some((anon, file)) = rss(pid) {
+                        peaks.0.fetch_max(anon, Ordering::Relaxed);
+                        peaks.1.fetch_max(file, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        Sampler {
+            done,
+            peaks,
+            thread,
+        }
+    }
+
+    /// Stops sampling: the peaks in MiB.
+    fn stop(self) -> (u64, u64) {
+        self.done.store(true, Ordering::Release);
+        let _ = self.thread.join();
+        (
+            self.peaks.0.load(Ordering::Relaxed) / 1024,
+            self.peaks.1.load(Ordering::Relaxed) / 1024,
+        )
+    }
+}
+
+/// The 16 pulls through `conf`, started at once: pull `n` is of image `n / 2`, by tag.
+fn engine_pulls(
+    fleet: &Fleet,
+    conf: &Path,
+) -> Vec<(String, JoinHandle<anyhow::Result<Pulled>>, usize)> {
+    (0..PULLERS)
+        .map(|n| {
+            let (conf, image, dest) = (
+                conf.to_owned(),
+                format!("{}/load:v{}", fleet.alias, n / 2),
+                fleet.path(&format!("r1-pull-{n}")),
+            );
+            let pull = std::thread::spawn(move || skopeo_copy(&conf, &image, &dest, &[]));
+            (format!("pull {n}"), pull, (n / 2) as usize)
+        })
+        .collect()
+}
+
+/// Waits for every pull; the failures, each named.
+fn failures(
+    pulls: Vec<(String, JoinHandle<anyhow::Result<Pulled>>, usize)>,
+    built: &[Built],
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (name, pull, image) in pulls {
+        match pull.join() {
+            Ok(Ok(pulled)) => assert_eq!(pulled.manifest, built[image].manifest, "{name}"),
+            Ok(Err(e)) => failures.push(format!("{name}: {e:#}")),
+            Err(_) => failures.push(format!("{name} panicked")),
+        }
+    }
+    failures
+}
+
 #[test]
-fn sixteen_engines_pulling_at_once_all_succeed_within_the_memory_bound() -> anyhow::Result<()> {
-    let m = Mirror::start(&[])?;
-    let conf = m.registries_conf()?;
-    let mut layout = Layout::new(&m.path("layout"))?;
+fn sixteen_engines_and_eight_peers_at_once_all_succeed_within_the_memory_bound()
+-> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut fleet = Fleet::start(1, |_| vec![])?;
+    let conf = fleet.registries_conf(0)?;
+    let mut layout = Layout::new(&fleet.path("layout"))?;
     let mut built = Vec::new();
     for i in 0..PULLERS / 2 {
         let tag = format!("v{i}");
@@ -52,67 +138,151 @@ fn sixteen_engines_pulling_at_once_all_succeed_within_the_memory_bound() -> anyh
         )?);
         layout.push(
             &tag,
-            &format!("{}/load:{tag}", m.registry.addr),
+            &format!("{}/load:{tag}", fleet.registry.addr),
             false,
             false,
         )?;
     }
-    let pid = m
-        .node
+    let pid = fleet.nodes[0]
         .pid()
         .ok_or_else(|| anyhow::anyhow!("the node is not running"))?;
 
-    let done = Arc::new(AtomicBool::new(false));
-    let (peak_anon, peak_file) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let sampler = {
-        let (done, peak_anon, peak_file) = (done.clone(), peak_anon.clone(), peak_file.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Acquire) {
-                if let Some((anon, file)) = rss(pid) {
-                    peak_anon.fetch_max(anon, Ordering::Relaxed);
-                    peak_file.fetch_max(file, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
-    let pulls: Vec<_> = (0..PULLERS)
-        .map(|n| {
-            let (conf, image, dest) = (
-                conf.clone(),
-                format!("{}/load:v{}", m.alias, n / 2),
-                m.path(&format!("pull-{n}")),
-            );
-            std::thread::spawn(move || skopeo_copy(&conf, &image, &dest, &[]))
-        })
-        .collect();
-    let mut failures = Vec::new();
-    for (n, p) in pulls.into_iter().enumerate() {
-        match p.join() {
-            Ok(Ok(pulled)) => assert_eq!(pulled.manifest, built[n / 2].manifest, "pull {n}"),
-            Ok(Err(e)) => failures.push(format!("pull {n}: {e:#}")),
-            Err(_) => failures.push(format!("pull {n} panicked")),
-        }
-    }
-    done.store(true, Ordering::Release);
-    let _ = sampler.join();
-    assert!(failures.is_empty(), "{failures:#?}\n{}", m.node.log_tail());
-
-    let stats = m.node.stats()?;
+    // Round 1: 16 engines, from the origin.
+    let sampler = Sampler::start(pid);
+    let pulls = engine_pulls(&fleet, &conf);
+    let failed = failures(pulls, &built);
+    let (anon1, file1) = sampler.stop();
+    assert!(
+        failed.is_empty(),
+        "{failed:#?}\n{}",
+        fleet.nodes[0].log_tail()
+    );
+    let stats = fleet.nodes[0].stats()?;
     // Each distinct blob was fetched from the origin once, whatever the concurrency.
     assert_eq!(
         stats["origin_fetches"].as_u64(),
         Some(1 + PULLERS / 2 * 2),
         "one base layer, and a config and a layer per image: {stats}"
     );
-    let (anon, file) = (
-        peak_anon.load(Ordering::Relaxed) / 1024,
-        peak_file.load(Ordering::Relaxed) / 1024,
-    );
-    eprintln!("node peak RssAnon {anon} MiB, RssFile {file} MiB during {PULLERS} pulls");
+    let round1 = started.elapsed();
+
+    // Round 2: 8 peers join, the origin stops, and the 16 pulls (by digest, as no tag
+    // can be resolved now) run again while the peers pull every image.
+    let key = fleet.key.clone();
+    for j in 0..PEERS {
+        let peer = fleet.add_node(&format!("p{j}"), Some(&key), &[])?;
+        fleet.nodes.push(peer);
+    }
+    fleet.wait_meshed()?;
+    let peer_confs = (1..=PEERS)
+        .map(|i| fleet.registries_conf(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    fleet.registry.stop();
+    let to_peers_before = fleet.nodes[0].stat("bytes_to_peers")?;
+    let by_digest = |i: usize| format!("@{}", built[i].manifest);
+    let sampler = Sampler::start(pid);
+    // The engines pull again and again until the peers are done, so that the two
+    // loads overlap for the whole round.
+    let peers_done = Arc::new(AtomicBool::new(false));
+    let engine_rounds = Arc::new(AtomicU64::new(0));
+    let engines: Vec<JoinHandle<anyhow::Result<()>>> = (0..PULLERS)
+        .map(|n| {
+            let i = (n / 2) as usize;
+            let (conf, image, dest) = (
+                conf.clone(),
+                format!("{}/load{}", fleet.alias, by_digest(i)),
+                fleet.path(&format!("r2-pull-{n}")),
+            );
+            let (manifest, done, rounds) =
+                (built[i].manifest, peers_done.clone(), engine_rounds.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let pulled = skopeo_copy(&conf, &image, &dest, &[])?;
+                    anyhow::ensure!(pulled.manifest == manifest, "image {i}");
+                    std::fs::remove_dir_all(&dest)?;
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                    if done.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                }
+            })
+        })
+        .collect();
+    // Each peer pulls every image, one after another, starting from a different one.
+    let peers: Vec<JoinHandle<anyhow::Result<()>>> = peer_confs
+        .iter()
+        .enumerate()
+        .map(|(j, peer_conf)| {
+            let conf = peer_conf.clone();
+            let images: Vec<(usize, String, PathBuf)> = (0..built.len())
+                .map(|k| {
+                    let i = (j + k) % built.len();
+                    let image = format!("{}/load{}", fleet.alias, by_digest(i));
+                    (i, image, fleet.path(&format!("peer-{j}-pull-{i}")))
+                })
+                .collect();
+            let manifests: Vec<_> = built.iter().map(|b| b.manifest).collect();
+            std::thread::spawn(move || {
+                for (i, image, dest) in images {
+                    let pulled = skopeo_copy(&conf, &image, &dest, &[])?;
+                    anyhow::ensure!(pulled.manifest == manifests[i], "image {i}");
+                    std::fs::remove_dir_all(dest)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (j, peer) in peers.into_iter().enumerate() {
+        match peer.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed.push(format!("peer {j}: {e:#}")),
+            Err(_) => failed.push(format!("peer {j} panicked")),
+        }
+    }
+    peers_done.store(true, Ordering::Release);
+    for (n, engine) in engines.into_iter().enumerate() {
+        match engine.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed.push(format!("round 2 pull {n}: {e:#}")),
+            Err(_) => failed.push(format!("round 2 pull {n} panicked")),
+        }
+    }
+    let (anon2, file2) = sampler.stop();
+    let logs: Vec<String> = (0..fleet.nodes.len())
+        .filter(|_| !failed.is_empty())
+        .map(|i| format!("--- node {i}:\n{}", fleet.nodes[i].log_tail()))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{}", logs.join("\n"));
+
+    // Every layer left the node at least once: nobody else held it.
+    let to_peers = fleet.nodes[0].stat("bytes_to_peers")? - to_peers_before;
+    let mut layers = BTreeSet::new();
+    for b in &built {
+        layers.extend(b.blobs[1..].iter().copied());
+    }
+    let mut layer_bytes = 0;
+    for layer in &layers {
+        layer_bytes += layout.blob(layer)?.len() as u64;
+    }
     assert!(
-        anon < ANON_BOUND_MIB,
-        "the node's anonymous memory peaked at {anon} MiB (bound {ANON_BOUND_MIB} MiB)"
+        to_peers >= layer_bytes,
+        "the node sent its peers {to_peers} bytes, less than the {layer_bytes} bytes of layers they pulled"
     );
+
+    eprintln!(
+        "node peak RssAnon {anon1} MiB, RssFile {file1} MiB during {PULLERS} pulls from the origin ({round1:?}); \
+         RssAnon {anon2} MiB, RssFile {file2} MiB during {} engine pulls and {PEERS} peers pulling \
+         (sent them {} MiB); {:?} in all",
+        engine_rounds.load(Ordering::Relaxed),
+        to_peers >> 20,
+        started.elapsed()
+    );
+    for (round, anon) in [("from the origin", anon1), ("with the peers", anon2)] {
+        assert!(
+            anon < ANON_BOUND_MIB,
+            "the node's anonymous memory peaked at {anon} MiB {round} (bound {ANON_BOUND_MIB} MiB)"
+        );
+    }
     Ok(())
 }

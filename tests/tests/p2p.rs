@@ -1,8 +1,11 @@
 //! A fleet of nodes on loopback, each its own process: the origin serves each blob to
 //! the fleet about once, peers keep serving when the origin is gone, a lying peer is
-//! caught and banned, and a node without the fleet key gets nothing.
+//! caught and banned, a stalling, slow or busy one is worked around, and a node without
+//! the fleet key gets nothing.
 
 use std::time::Duration;
+
+use anyhow::Context;
 
 use shoal_tests::engines::skopeo_copy;
 use shoal_tests::fleet::{Fleet, random_key};
@@ -335,7 +338,8 @@ fn a_stalling_peer_loses_its_requests_to_the_others() -> anyhow::Result<()> {
         &format!("{}/stall@{manifest}", fleet.alias),
         &fleet.path("victim"),
         &[],
-    )?;
+    )
+    .with_context(|| format!("the victim's log:\n{}", victim.log_tail()))?;
     assert_eq!(pulled.manifest.to_string(), manifest);
     // The staller was asked (it holds every piece) and delivered nothing: what it sat
     // on went to the honest peer, by the end-game or by the stall timeout.
@@ -410,5 +414,76 @@ fn a_slow_peer_loses_the_blob_to_the_origin() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    Ok(())
+}
+
+/// Regression: a manifest asked of the only peer that held it failed when that peer,
+/// busy, dropped the stream unanswered (libp2p-stream drops an inbound stream the node
+/// has not accepted yet): the asker moved on to peers that did not hold it, then to
+/// the origin, which was down, and the engine got a 502. A peer whose stream broke is
+/// now asked again. Here the holder drops the first stream for every blob.
+#[test]
+fn a_busy_peer_that_drops_a_stream_is_asked_again() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(1, |_| vec!["--test-peer-fault".into(), "busy".into()])?;
+    let (manifest, size) = push_sized(&fleet, "busy", 45, 2)?;
+    skopeo_copy(
+        &fleet.registries_conf(0)?,
+        &format!("{}/busy:v1", fleet.alias),
+        &fleet.path("warm"),
+        &[],
+    )?;
+    fleet.registry.stop();
+    let (late, conf) = join_late(&mut fleet, &[])?;
+    let pulled = skopeo_copy(
+        &conf,
+        &format!("{}/busy@{manifest}", fleet.alias),
+        &fleet.path("late-pull"),
+        &[],
+    )?;
+    assert_eq!(pulled.manifest.to_string(), manifest);
+    let s = late.stats()?;
+    assert_eq!(s["bytes_from_origin"], 0, "{s}");
+    assert!(s["bytes_from_peers"].as_u64().unwrap_or(0) >= size, "{s}");
+    Ok(())
+}
+
+/// Regression: peers too slow for the pace the node wants lost the blob to the origin
+/// even when the origin was down, so the pull failed although the peers held it all.
+/// With the origin down they are now taken back at their pace.
+#[test]
+fn a_slow_peer_is_taken_back_when_the_origin_is_down() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("pace.toml");
+    std::fs::write(
+        &config,
+        "[p2p]\nmin_peer_rate = \"16MiB\"\nlookup_deadline_ms = 15000\n",
+    )?;
+    let config = config.display().to_string();
+    let mut fleet = Fleet::start(1, |_| vec!["--test-peer-fault".into(), "slow".into()])?;
+    // Longer at the slow peer's 4 MiB/s than the 4 s its pace is watched for.
+    let (manifest, size) = push_sized(&fleet, "down", 47, 24)?;
+    skopeo_copy(
+        &fleet.registries_conf(0)?,
+        &format!("{}/down:v1", fleet.alias),
+        &fleet.path("warm"),
+        &[],
+    )?;
+    fleet.registry.stop();
+    let (late, conf) = join_late(&mut fleet, &["--config".into(), config])?;
+    let pulled = skopeo_copy(
+        &conf,
+        &format!("{}/down@{manifest}", fleet.alias),
+        &fleet.path("late-pull"),
+        &[],
+    )?;
+    assert_eq!(pulled.manifest.to_string(), manifest);
+    let log = late.log();
+    assert!(
+        log.contains("the origin is down") && log.contains("taking the rest from peers"),
+        "{}",
+        late.log_tail()
+    );
+    let s = late.stats()?;
+    assert!(s["bytes_from_peers"].as_u64().unwrap_or(0) >= size, "{s}");
     Ok(())
 }

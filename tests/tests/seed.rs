@@ -290,3 +290,33 @@ fn nodes_dead_before_or_during_a_seed_are_named_as_failed() -> anyhow::Result<()
     assert!(stderr.contains("not seeded on 3 of 5 nodes"), "{stderr}");
     Ok(())
 }
+
+/// Regression: a peer's connection to a node that was killed lingered until QUIC's idle
+/// timeout (30 s) beside the restarted node's new connection, and streams picked one of
+/// the two at random, so about half the orders sent meanwhile failed ("did not accept a
+/// stream within 5 s"). The older connection now goes when the peer connects again,
+/// however soon after it was made (here within 2 s when the machine is idle).
+#[test]
+fn a_restarted_node_takes_orders_at_once() -> anyhow::Result<()> {
+    let mut fleet = named_fleet(2, |_| vec![])?;
+    push_image(&fleet, "again", 81, 1)?;
+    let image = format!("{}/again:v1", fleet.alias);
+    let (ok, report, stderr) = seed(&fleet, 0, &[&image])?;
+    assert!(ok, "shoal seed failed: {stderr}\n{report:#}");
+
+    // n1 dials n0 again when it comes back (it names n0 as its bootstrap peer).
+    fleet.nodes[1].kill9();
+    fleet.nodes[1].restart()?;
+    fleet.wait_meshed()?;
+    let restarted = Instant::now();
+    for attempt in 0..6 {
+        let (ok, report, stderr) = seed(&fleet, 0, &[&image, "--timeout", "20s"])?;
+        assert!(
+            ok,
+            "seed {attempt}, {:?} after the restart: {stderr}\n{report:#}\n--- n0:\n{}",
+            restarted.elapsed(),
+            fleet.nodes[0].log_tail()
+        );
+    }
+    Ok(())
+}

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use shoal_node::jobs::JobLine;
-use shoal_node::pull::{PullProgress, PullReport};
+use shoal_node::p2p::PeersReport;
+use shoal_node::seed::report::{SeedProgress, SeedReport};
 use shoal_tests::process::Daemon;
 
 use super::cleanup;
@@ -128,6 +129,8 @@ impl Origin {
 pub struct FleetNode {
     /// Its host.
     pub host: Host,
+    /// Its peer id (kept in its data directory: the same after a restart).
+    pub peer_id: String,
     args: Vec<String>,
     log: PathBuf,
     daemon: Option<NsDaemon>,
@@ -140,6 +143,7 @@ impl FleetNode {
         let mut daemon = NsDaemon::spawn("shoal node", &mut cmd, &self.log)?;
         wait_listening(&self.host, MIRROR, &mut daemon, Duration::from_secs(60))?;
         self.daemon = Some(daemon);
+        self.peer_id = peers(&self.host.ns)?.peer_id;
         Ok(())
     }
 
@@ -246,8 +250,11 @@ impl Fleet {
         let mut nodes = Vec::new();
         for (i, host) in net.nodes.iter().enumerate() {
             let data_dir = spec.dir.join(&host.port);
+            let name = node_name(i);
             let mut args: Vec<String> = [
                 "node",
+                "--name",
+                &name,
                 "--listen",
                 &MIRROR.to_string(),
                 "--upstream",
@@ -274,6 +281,7 @@ impl Fleet {
             }
             let mut node = FleetNode {
                 host: host.clone(),
+                peer_id: String::new(),
                 args,
                 log: spec.dir.join(format!("{}.log", host.port)),
                 daemon: None,
@@ -302,6 +310,11 @@ impl Fleet {
     /// Node `i`'s namespace.
     pub fn ns(&self, i: usize) -> String {
         self.node(i).host.ns.clone()
+    }
+
+    /// Node `i`'s peer id.
+    pub fn peer_id(&self, i: usize) -> String {
+        self.node(i).peer_id.clone()
     }
 
     /// SIGKILL to node `i`: the crash a store must survive.
@@ -363,23 +376,43 @@ pub fn stats(ns: &str) -> anyhow::Result<serde_json::Value> {
     get_json(ns, "/_shoal/stats")
 }
 
-/// What `shoal pull IMAGE` does: asks the node in namespace `ns` to fetch `image` into
-/// its store, calling `on_progress` with each progress line, until its report.
-pub fn pull(
+/// Node `i`'s name in its fleet (`--name`), as the HTML report labels it too.
+pub fn node_name(i: usize) -> String {
+    format!("n{i}")
+}
+
+/// What `shoal peers --json` prints, from the node in namespace `ns`.
+pub fn peers(ns: &str) -> anyhow::Result<PeersReport> {
+    serde_json::from_value(get_json(ns, "/_shoal/peers")?)
+        .with_context(|| format!("GET /_shoal/peers in {ns}: not a peers report"))
+}
+
+/// What `shoal seed IMAGE --nodes LIST --json` does: asks the node in namespace `ns`
+/// to order the nodes `targets` (peer ids) to fetch `image`, calling `on_progress`
+/// with each snapshot of every target, until the order's report. The issuer gives up
+/// on targets after `timeout`.
+pub fn seed(
     ns: &str,
     image: &str,
-    mut on_progress: impl FnMut(&PullProgress),
-) -> anyhow::Result<PullReport> {
+    targets: &[String],
+    timeout: Duration,
+    mut on_progress: impl FnMut(&SeedProgress),
+) -> anyhow::Result<SeedReport> {
     let stream = connect(ns, MIRROR, Duration::from_secs(5))?;
-    // Progress lines come several times a second while a pull runs.
-    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
-    let path = format!("/_shoal/pull?image={}", http::query_value(image));
+    // The issuer sends a snapshot twice a second while the order runs.
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let path = format!(
+        "/_shoal/seed?image={}&nodes={}&timeout_secs={}",
+        http::query_value(image),
+        http::query_value(&targets.join(",")),
+        timeout.as_secs()
+    );
     let mut resp = http::request(stream, "POST", "127.0.0.1", &path, &[])?;
     if resp.status != 200 {
         let mut v = Vec::new();
         resp.body().read_to_end(&mut v)?;
         bail!(
-            "pull {image}: HTTP {}: {}",
+            "seed {image}: HTTP {}: {}",
             resp.status,
             String::from_utf8_lossy(&v)
         );
@@ -389,14 +422,14 @@ pub fn pull(
     loop {
         line.clear();
         if lines.read_line(&mut line)? == 0 {
-            bail!("pull {image}: the node ended its answer before the pull finished");
+            bail!("seed {image}: the node ended its answer before the order's report");
         }
-        match serde_json::from_str::<JobLine<PullProgress, PullReport>>(&line)
-            .with_context(|| format!("pull {image}: a line that is not a job line: {line:?}"))?
+        match serde_json::from_str::<JobLine<SeedProgress, SeedReport>>(&line)
+            .with_context(|| format!("seed {image}: a line that is not a job line: {line:?}"))?
         {
             JobLine::Progress(p) => on_progress(&p),
             JobLine::Report(r) => return Ok(*r),
-            JobLine::Error(e) => bail!("pull {image}: {e}"),
+            JobLine::Error(e) => bail!("seed {image}: {e}"),
         }
     }
 }

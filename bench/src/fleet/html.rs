@@ -278,7 +278,7 @@ fn scenario(s: &mut String, sc: &ScenarioFigures) {
     ];
     if deltas {
         shoal_group.push(Bars {
-            name: "as deltas".into(),
+            name: "delta".into(),
             color: DELTA,
             values: sc
                 .shoal

@@ -9,8 +9,8 @@
 //! - `net.rs`: namespaces, links, shaping, link counters; `cleanup.rs`: removal of all
 //!   of it on any exit, and of what dead runs left.
 //! - `hosts.rs`: the origin and node processes; `images.rs`: the image's two versions.
-//! - `order.rs`: "every node, fetch X" (the seam for `shoal seed`); `baseline.rs`: the
-//!   hosts as plain origin clients; `scenario.rs`: the scenarios and their figures.
+//! - `order.rs`: "every node, fetch X", as one `shoal seed`; `baseline.rs`: the hosts
+//!   as plain origin clients; `scenario.rs`: the scenarios and their figures.
 //! - `report.rs`: the JSON; `html.rs` and `svg.rs`: the report and its plots.
 
 mod baseline;

@@ -121,7 +121,7 @@ pub struct Kill {
 /// One measured phase: shoal or the baseline.
 #[derive(Debug, Default, Serialize)]
 pub struct PhaseFigures {
-    /// Who fetched: `shoal pull`, `origin client`, `podman via shoal`, `podman`.
+    /// Who fetched: `shoal seed`, `origin client`, `podman via shoal`, `podman`.
     pub client: String,
     /// Seconds until every node held the image.
     pub time_to_all_s: f64,
@@ -149,7 +149,8 @@ pub struct NodeFigures {
     pub bytes_from_origin: u64,
     /// Payload bytes from peers.
     pub bytes_from_peers: u64,
-    /// Bytes that arrived as deltas: absent until nodes report them.
+    /// Bytes that arrived as deltas (the node's `bytes_delta` counter): absent from
+    /// nodes that do not report it.
     pub bytes_from_deltas: Option<u64>,
     /// Payload bytes sent to peers.
     pub bytes_to_peers: u64,

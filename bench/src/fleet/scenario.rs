@@ -7,8 +7,9 @@
 //! - `update`: every node holds v1 (fetched by the fleet beforehand, not measured) and
 //!   fetches v2; the baseline's hosts skip the blobs v1 has, as an engine does.
 //! - `churn`: `cold`, with nodes killed (SIGKILL) at set times during the fetch and
-//!   started again on the same data a little later; the baseline's hosts are cut off
-//!   on the same schedule and start their pull over.
+//!   started again on the same data a little later (never the node the order is
+//!   issued on, see `order.rs`); the baseline's hosts are cut off on the same
+//!   schedule and start their pull over.
 //! - `proxy`: podman pulls v1 on every host at once through its node's mirror
 //!   (configured by `shoal configure podman`), beside podman pulling from the origin.
 
@@ -26,7 +27,7 @@ use super::baseline::Clients;
 use super::hosts::{Fleet, FleetSpec, MIRROR, Origin, stats};
 use super::images::{Images, REPO, Version};
 use super::net::{Net, Sample, Sampler};
-use super::order::{Fetched, fetch_everywhere};
+use super::order::{Fetched, ISSUER, fetch_everywhere};
 use super::progress::{Display, Progress};
 use super::report::{Kill, NodeFigures, PhaseFigures, ScenarioFigures};
 
@@ -245,7 +246,7 @@ pub fn run(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<ScenarioFigures> {
             check_bytes(&fetched, version)?;
             let polled = polled.into_inner().unwrap_or_else(|e| e.into_inner());
             let sources = final_sources(&fleet, &polled, &before)?;
-            window.close(ctx, "shoal pull", &fetched, Some(sources))
+            window.close(ctx, "shoal seed", &fetched, Some(sources))
         }
     };
     drop(fleet);
@@ -415,7 +416,7 @@ impl Window {
                     attempts: f.attempts,
                     bytes_from_origin: s.from_origin,
                     bytes_from_peers: s.from_peers,
-                    bytes_from_deltas: s.from_deltas,
+                    bytes_from_deltas: s.delta,
                     bytes_to_peers: s.to_peers,
                     link_received_bytes: last.nodes[i]
                         .received
@@ -458,7 +459,8 @@ fn thin(series: Vec<[f64; 2]>, max: usize) -> Vec<[f64; 2]> {
 struct Sources {
     from_origin: u64,
     from_peers: u64,
-    from_deltas: Option<u64>,
+    /// `bytes_delta`: absent from nodes that do not make deltas yet.
+    delta: Option<u64>,
     to_peers: u64,
 }
 
@@ -468,8 +470,7 @@ impl Sources {
         Sources {
             from_origin: n("bytes_from_origin"),
             from_peers: n("bytes_from_peers"),
-            // Deltas are issue 6; nodes that report them will name the counter so.
-            from_deltas: stats["bytes_from_deltas"].as_u64(),
+            delta: stats["bytes_delta"].as_u64(),
             to_peers: n("bytes_to_peers"),
         }
     }
@@ -480,9 +481,7 @@ impl Sources {
             from_origin: self.from_origin.saturating_sub(o.from_origin),
             from_peers: self.from_peers.saturating_sub(o.from_peers),
             to_peers: self.to_peers.saturating_sub(o.to_peers),
-            from_deltas: self
-                .from_deltas
-                .map(|d| d.saturating_sub(o.from_deltas.unwrap_or(0))),
+            delta: self.delta.map(|d| d.saturating_sub(o.delta.unwrap_or(0))),
         }
     }
 
@@ -490,7 +489,7 @@ impl Sources {
         self.from_origin += o.from_origin;
         self.from_peers += o.from_peers;
         self.to_peers += o.to_peers;
-        self.from_deltas = match (self.from_deltas, o.from_deltas) {
+        self.delta = match (self.delta, o.delta) {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
         };
@@ -552,7 +551,8 @@ fn final_sources(
 }
 
 /// The churn schedule: `kills` kills of random nodes (seeded) spread over 10–60% of
-/// the bound, each node down for `down_s`, no node killed again while down.
+/// the bound, each node down for `down_s`, no node killed again while down, and the
+/// node orders are issued on never killed (the bench follows the order through it).
 fn churn_schedule(n: usize, kills: usize, bound_s: f64, down_s: f64, seed: u64) -> Vec<Kill> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = || {
@@ -566,6 +566,7 @@ fn churn_schedule(n: usize, kills: usize, bound_s: f64, down_s: f64, seed: u64) 
         let at_s = bound_s * (0.1 + 0.5 * (k as f64 + 0.5) / kills.max(1) as f64);
         // A node still down (with a margin for its restart) is not picked again.
         let free: Vec<usize> = (0..n)
+            .filter(|&i| i != ISSUER)
             .filter(|&i| {
                 !out.iter()
                     .any(|o| o.node == i && at_s < o.at_s + o.down_s + 5.0)

@@ -77,7 +77,7 @@
 
 mod error;
 mod format;
-mod frame;
+pub(crate) mod frame;
 mod segment;
 
 use std::io::Write;

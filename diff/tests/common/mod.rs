@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses its own part of these helpers
 
+pub mod layers;
+pub mod pack_fixture;
+
 use std::collections::HashMap;
 
 use shoal_diff::{RecipeBuilder, TarError, chunk_content, recreate};

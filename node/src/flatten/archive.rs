@@ -5,9 +5,11 @@
 //! # Same bytes on every node
 //! The layer is the tree's deterministic tar (`export.rs`) compressed by gzip at a fixed
 //! level with a fixed header (no name, mtime 0, OS 255), so its digest depends only on
-//! the tree and on the compressor's version. The config and manifest are JSON with keys
+//! the tree and on the compressor's version. The tar reaches the compressor in fixed
+//! blocks ([`crate::packs::FlatGzip`]), so the blob depends on the tar alone and any
+//! node re-creates it from the layer's content. The config and manifest are JSON with keys
 //! sorted (serde_json's map) and only values taken from the source image. Changing
-//! [`GZIP_LEVEL`] or the tar format changes every flat image's digest.
+//! [`GZIP_LEVEL`], the block size or the tar format changes every flat image's digest.
 //!
 //! # The archive
 //! An OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`) plus Docker's
@@ -19,7 +21,6 @@ use std::io::{self, Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
 use serde_json::{Map, Value, json};
 use shoal_protocol::Digest;
 use shoal_protocol::digest::DigestHasher;
@@ -104,10 +105,7 @@ pub fn write_layer(
         hasher: DigestHasher::new(),
         bytes: 0,
     };
-    let gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(blob, Compression::new(GZIP_LEVEL));
+    let gz = crate::packs::FlatGzip::new(blob);
     let mut tar = Hashing {
         inner: gz,
         hasher: DigestHasher::new(),

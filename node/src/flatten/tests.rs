@@ -240,7 +240,7 @@ fn setuid_setgid_sticky_and_owners_preserved() {
 /// `security.capability` as vfs_cap_data revision 2 with the effective flag and
 /// CAP_DAC_OVERRIDE, CAP_FOWNER and CAP_NET_BIND_SERVICE permitted; its first byte is
 /// `\n`, which a line-splitting PAX parser loses.
-const CAPABILITY: [u8; 20] = [
+pub(super) const CAPABILITY: [u8; 20] = [
     0x01, 0x00, 0x00, 0x02, // magic: VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE
     0x0a, 0x04, 0x00, 0x00, // permitted (low word)
     0x00, 0x00, 0x00, 0x00, // inheritable (low word)

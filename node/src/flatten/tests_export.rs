@@ -4,7 +4,7 @@
 //! the archive holds what engines look for.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -321,6 +321,15 @@ fn the_layer_blob_is_a_fixed_gzip_of_the_tar() {
     })
     .unwrap();
     assert_eq!(blob, again);
+    // The tar compressed again, in any slices, gives the blob: a node re-creates a flat
+    // layer from its content alone (`packs`).
+    for slice in [tar_bytes.len(), 512, 100_000] {
+        let mut gz = crate::packs::FlatGzip::new(Vec::new());
+        for part in tar_bytes.chunks(slice) {
+            gz.write_all(part).unwrap();
+        }
+        assert_eq!(gz.finish().unwrap(), blob, "written in slices of {slice}");
+    }
 }
 
 #[test]

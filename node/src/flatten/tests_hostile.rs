@@ -39,12 +39,12 @@ impl Outside {
 
 /// One hostile case: its layers, the limits, the entry its error must name, and a check
 /// of the problem.
-struct Case {
-    name: &'static str,
-    layers: Vec<Vec<u8>>,
-    limits: FlattenLimits,
-    entry: &'static str,
-    problem: fn(&Problem) -> bool,
+pub(super) struct Case {
+    pub(super) name: &'static str,
+    pub(super) layers: Vec<Vec<u8>>,
+    pub(super) limits: FlattenLimits,
+    pub(super) entry: &'static str,
+    pub(super) problem: fn(&Problem) -> bool,
 }
 
 fn case(
@@ -62,8 +62,8 @@ fn case(
     }
 }
 
-fn cases(outside: &Outside) -> Vec<Case> {
-    let o = outside.path();
+/// The hostile cases; `o` is where their symlinks point outside the tree.
+pub(super) fn cases(o: &str) -> Vec<Case> {
     let mut truncated_data = tar(&[E::file("ok", b"fine"), E::file("cut", &[1u8; 2000])]);
     truncated_data.truncate(512 * 3 + 700);
     let mut truncated_header = tar(&[E::file("ok", b"fine"), E::file("next", b"x")]);
@@ -269,7 +269,7 @@ fn cases(outside: &Outside) -> Vec<Case> {
 #[test]
 fn hostile_layers_fail_cleanly_naming_the_entry() {
     let outside = Outside::new();
-    for case in cases(&outside) {
+    for case in cases(outside.path()) {
         let fx = Fixture::new();
         let err = fx
             .run_with(case.name, &case.layers, &case.limits)

@@ -19,6 +19,7 @@ pub(crate) struct P2pSection {
     bootstrap: Option<Vec<String>>,
     fleet_key_file: Option<PathBuf>,
     mdns: Option<bool>,
+    packs: Option<bool>,
     lookup_deadline_ms: Option<u64>,
     stall_timeout_secs: Option<u64>,
     ban_secs: Option<u64>,
@@ -43,6 +44,10 @@ pub struct P2pFlags {
     /// Do not look for peers with mDNS on the local network.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Send and take layers as packs between image versions (`[p2p] packs`). Off by
+    /// default until pack making stays within the node's memory bound under load.
+    #[arg(long)]
+    pub packs: bool,
     /// A group this node belongs to, which `shoal seed --group` selects nodes by
     /// (added to `[p2p] groups`). Repeatable.
     #[arg(long = "group", value_name = "NAME")]
@@ -63,6 +68,12 @@ pub enum PeerFault {
     Stall,
     /// It answers piece requests, one piece every quarter of a second.
     Slow,
+    /// It drops unanswered the first stream each peer asks it a blob map on, per blob,
+    /// as a busy node drops streams it had no time to accept.
+    Busy,
+    /// Every pack it makes has a byte of its content flipped (the pack's digest is
+    /// taken after, so only its content gives it away).
+    BadPack,
 }
 
 /// How the node takes part in its fleet.
@@ -78,6 +89,8 @@ pub struct P2pConfig {
     pub fleet_key_file: PathBuf,
     /// Discover peers on the local network with mDNS [default: true].
     pub mdns: bool,
+    /// Whether layers go as packs between image versions (asked for and made).
+    pub packs: bool,
     /// How long a blob lookup waits for peers to answer before the origin is asked
     /// [default: 1500 ms].
     pub lookup_deadline: Duration,
@@ -160,6 +173,7 @@ impl P2pConfig {
             fleet_key,
             fleet_key_file: key_file,
             mdns: !flags.no_mdns && section.mdns.unwrap_or(true),
+            packs: flags.packs || section.packs.unwrap_or(false),
             lookup_deadline: Duration::from_millis(section.lookup_deadline_ms.unwrap_or(1500)),
             stall_timeout: Duration::from_secs(section.stall_timeout_secs.unwrap_or(10)),
             ban: Duration::from_secs(section.ban_secs.unwrap_or(600)),

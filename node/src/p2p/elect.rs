@@ -87,7 +87,7 @@ pub(super) async fn fetch_through_elected(
 }
 
 /// Sends `Fetch` to `peer`; true when it answered with a map (it is fetching).
-async fn ask_to_fetch(
+pub(super) async fn ask_to_fetch(
     p2p: &Arc<P2p>,
     peer: PeerId,
     source: &Source,

@@ -38,6 +38,9 @@ use crate::store::{Store, StoreError, read_piece};
 
 /// Pieces requested from one peer and not yet answered.
 const WINDOW: usize = 12;
+/// The same for the node the fleet elected to fetch the blob from the origin, while
+/// other peers share the transfer (see [`Assembly::source`]).
+const SOURCE_WINDOW: usize = 2;
 /// Most peers one blob is fetched from at once.
 const MAX_PEERS: usize = 8;
 /// How often a peer whose map is incomplete is asked again.
@@ -260,6 +263,7 @@ pub async fn fetch_from_peers(
                             let mut a =
                                 Assembly::start(digest, size, tx, Arc::clone(&store)).await?;
                             a.spread_by(&p2p.local_id());
+                            a.source = Some(super::elect::elected(p2p, &digest));
                             a.on_map(&mut slots, peer, start, pieces, complete);
                             state = Some(a);
                             pace = Pace::new(floor, Instant::now());
@@ -381,6 +385,11 @@ pub async fn fetch_from_peers(
         for peer in stalled {
             tracing::warn!(%peer, %digest, "peer stalled; its requests go elsewhere");
             a.release(&mut slots, peer);
+            // The peers left get a whole stall timeout for what the staller sat on
+            // (it may have held every outstanding piece, so nothing arrived meanwhile).
+            if !slots.is_empty() {
+                a.last_progress = now;
+            }
         }
         for slot in slots.values_mut() {
             if !slot.complete && !slot.map_pending && now - slot.last_map > MAP_REFRESH {
@@ -468,6 +477,14 @@ struct Assembly {
     /// A rank per piece, this node's own: among equally rare pieces a swarm's members
     /// ask for different ones first, so that they have something to trade.
     spread: Vec<u32>,
+    /// The node the fleet elected for the blob ([`super::elect`]). Every member of a
+    /// cold fleet asks it, and its uplink is one of many: while other peers share
+    /// the transfer, it is asked only for pieces none of them holds with room in its
+    /// window (a stalled peer's window stays full), and at most
+    /// [`SOURCE_WINDOW`] at a time. A deep queue there would hold requests for pieces
+    /// that reach other members meanwhile, and it would send each piece to nearly
+    /// every member instead of once.
+    source: Option<PeerId>,
 }
 
 impl Assembly {
@@ -520,6 +537,7 @@ impl Assembly {
             last_progress: Instant::now(),
             held_bytes,
             spread: Vec::new(),
+            source: None,
         };
         a.advance_hash(None).await?;
         Ok(a)
@@ -590,9 +608,11 @@ impl Assembly {
     }
 
     fn assign(&mut self, slots: &mut HashMap<PeerId, Slot>, peer: PeerId) {
+        let sparing = slots.len() > 1 && self.source == Some(peer);
+        let window = if sparing { SOURCE_WINDOW } else { WINDOW };
         let Some(room) = slots
             .get(&peer)
-            .map(|s| WINDOW.saturating_sub(s.outstanding.len()))
+            .map(|s| window.saturating_sub(s.outstanding.len()))
         else {
             return;
         };
@@ -627,6 +647,17 @@ impl Assembly {
                 .values()
                 .filter(|s| s.avail.get(i).copied().unwrap_or(false))
                 .count();
+            // Spared: another holder can take the piece now. One whose window is full
+            // (stalled, or slow) cannot, and then the elected node is asked after all.
+            if sparing
+                && slots.iter().any(|(p, s)| {
+                    *p != peer
+                        && s.avail.get(i).copied().unwrap_or(false)
+                        && s.outstanding.len() < WINDOW
+                })
+            {
+                continue;
+            }
             match self.in_flight.get(&(i as u32)) {
                 None => candidates.push((rarity, tiebreak(i), i)),
                 Some(&copies) if copies < 2 => endgame.push((rarity, i)),

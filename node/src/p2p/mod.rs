@@ -27,6 +27,7 @@ pub mod fetch;
 pub mod hello;
 pub mod identity;
 pub mod io;
+pub mod packs;
 pub mod serve;
 pub mod small;
 pub mod swarm;
@@ -70,6 +71,8 @@ pub struct P2p {
     pub(crate) node: OnceLock<Arc<crate::config::NodeConfig>>,
     /// Carries out seed orders from peers (set once the node exists).
     seeds: OnceLock<Arc<crate::seed::Seeds>>,
+    /// Packs made for peers.
+    packs: packs::Maker,
 }
 
 /// Why the peer side is not usable for a request.
@@ -160,6 +163,7 @@ impl P2p {
             blobs: OnceLock::new(),
             node: OnceLock::new(),
             seeds: OnceLock::new(),
+            packs: packs::Maker::default(),
         });
         tokio::spawn(driver.run());
         tokio::spawn(Arc::clone(&p2p).greet_dialled(dialled_rx, hello));
@@ -269,7 +273,28 @@ impl P2p {
         tx: &watch::Sender<FetchState>,
         origin_rate: Option<u64>,
     ) -> Result<(), fetch::PeerFetchError> {
-        let floor = self.pace_floor(origin_rate);
+        self.fetch_with_floor(source, digest, tx, self.pace_floor(origin_rate))
+            .await
+    }
+
+    /// [`P2p::fetch`] with no pace under which peers lose the blob: for when the
+    /// origin, the one other source, is down. Stalled peers still do.
+    pub async fn fetch_at_any_pace(
+        self: &Arc<Self>,
+        source: &Source,
+        digest: Digest,
+        tx: &watch::Sender<FetchState>,
+    ) -> Result<(), fetch::PeerFetchError> {
+        self.fetch_with_floor(source, digest, tx, 0).await
+    }
+
+    async fn fetch_with_floor(
+        self: &Arc<Self>,
+        source: &Source,
+        digest: Digest,
+        tx: &watch::Sender<FetchState>,
+        floor: u64,
+    ) -> Result<(), fetch::PeerFetchError> {
         let mut candidates = self.candidates(&digest);
         if candidates.len() < 2 {
             for peer in self

@@ -7,7 +7,8 @@
 //! peer is dropped unread. Every piece is read through [`read_piece`], which checks it
 //! against its BLAKE3 id, so damage on this node's disk never reaches a peer.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::io::AsyncReadExt;
@@ -40,6 +41,12 @@ async fn serve(p2p: &Arc<P2p>, peer: PeerId, stream: Stream) -> Result<(), Strea
             return Ok(());
         }
         match message {
+            Message::BlobMapRequest { digest, .. }
+                if p2p.config.fault == Some(PeerFault::Busy) && first_ask(peer, digest) =>
+            {
+                // Test mode: drop the stream unanswered.
+                return Ok(());
+            }
             Message::BlobMapRequest { digest, start } => {
                 let answer = map_page(p2p, &digest, start);
                 writer.send(&answer).await?;
@@ -79,6 +86,10 @@ async fn serve(p2p: &Arc<P2p>, peer: PeerId, stream: Stream) -> Result<(), Strea
                 let answer = super::tags::tag_for_peer(p2p, upstream, repo, tag).await;
                 writer.send(&answer).await?;
             }
+            Message::PackRequest { layer, held } => {
+                let answer = super::packs::pack_for_peer(p2p, layer, held).await;
+                writer.send(&answer).await?;
+            }
             Message::Have { digests } => p2p.table.record_holds(&peer, &digests),
             Message::NodeInfo { name, groups } => {
                 p2p.table.record_info(&peer, PeerInfo { name, groups });
@@ -109,6 +120,17 @@ async fn serve(p2p: &Arc<P2p>, peer: PeerId, stream: Stream) -> Result<(), Strea
         }
     }
     Ok(())
+}
+
+/// Whether `peer` asks for the map of `digest` for the first time (test mode `Busy`).
+fn first_ask(peer: PeerId, digest: Digest) -> bool {
+    static ASKED: Mutex<Option<HashSet<(PeerId, Digest)>>> = Mutex::new(None);
+    // A std Mutex: one set operation, no `.await` while it is held.
+    ASKED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert((peer, digest))
 }
 
 /// The page of the blob map that starts at `start`.

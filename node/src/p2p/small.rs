@@ -2,6 +2,7 @@
 //! digest, which the node must check and parse before it stores them (with their media
 //! type), so they do not go through the piece store like layers.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -17,16 +18,32 @@ use crate::stats::Stats;
 /// Largest blob fetched this way (manifests are far smaller).
 pub const MAX_SMALL: u64 = 4 << 20;
 
+/// Most times a peer whose stream broke is asked again for one small blob.
+pub const SMALL_RETRIES: u32 = 2;
+
+/// How long before asking a peer again, times the number of tries so far.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl P2p {
     /// The bytes of `digest` from the first peer that holds it whole and sends bytes
     /// that hash to it; `None` if no peer does. A peer whose bytes do not match is
-    /// banned.
+    /// banned. A peer whose stream broke is asked again after the others, up to
+    /// [`SMALL_RETRIES`] times: a busy peer drops streams it had no time to accept, and
+    /// it may be the only one that holds the blob (a blob transfer retries it alike).
     pub async fn fetch_small(self: &Arc<Self>, digest: Digest) -> Option<bytes::Bytes> {
         let deadline = self
             .config
             .lookup_deadline
             .max(std::time::Duration::from_secs(3));
-        for peer in self.candidates(&digest) {
+        let mut queue: VecDeque<(PeerId, u32)> = self
+            .candidates(&digest)
+            .into_iter()
+            .map(|peer| (peer, 0))
+            .collect();
+        while let Some((peer, tries)) = queue.pop_front() {
+            if tries > 0 {
+                tokio::time::sleep(RETRY_PAUSE * tries).await;
+            }
             match tokio::time::timeout(deadline, self.small_from(peer, digest)).await {
                 Ok(Ok(Some(bytes))) => {
                     if Digest::of(&bytes) == digest {
@@ -42,7 +59,11 @@ impl P2p {
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
-                    tracing::debug!(%peer, %digest, "peer could not send a small blob: {e}")
+                    tracing::debug!(%peer, %digest, "peer could not send a small blob: {e}");
+                    let broke = matches!(e, StreamError::Io(_) | StreamError::Truncated);
+                    if broke && tries < SMALL_RETRIES && self.table.is_verified(&peer) {
+                        queue.push_back((peer, tries + 1));
+                    }
                 }
                 Err(_) => tracing::debug!(%peer, %digest, "peer too slow with a small blob"),
             }
@@ -70,6 +91,13 @@ impl P2p {
                 pieces,
                 complete: true,
             }) if d == digest && size <= MAX_SMALL => (size, pieces),
+            // Closed unanswered: dropped by a busy peer, not an answer.
+            None => {
+                return Err(StreamError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the peer closed the stream without answering",
+                )));
+            }
             _ => return Ok(None),
         };
         let layout = PieceLayout::new(size);

@@ -16,7 +16,7 @@ use libp2p::core::ConnectedPoint;
 use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, mdns};
 use shoal_protocol::Digest;
 use tokio::sync::{mpsc, oneshot};
@@ -133,6 +133,26 @@ const MAX_UDP_PAYLOAD: u16 = 65_000;
 const REDIAL: Duration = Duration::from_secs(15);
 /// How long a connected peer may stay unverified before this side greets it again.
 const REGREET: Duration = Duration::from_secs(3);
+/// A new connection to a peer replaces one dialled the same way (by the same side), or
+/// one at least this old. A peer met again while a connection to it is open has
+/// restarted (it dials as before), or was redialled: the old connection is dead, but
+/// QUIC notices only at its idle timeout (30 s), and streams to the peer pick one of
+/// its connections at random, so half of them would wait on the dead one. The two live
+/// connections of a simultaneous dial are dialled by different sides and established
+/// within a handshake of each other, well under this: both stay.
+const SUPERSEDED_AFTER: Duration = Duration::from_secs(2);
+
+/// One open connection to a peer.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    id: ConnectionId,
+    since: tokio::time::Instant,
+    /// Whether this node dialled it.
+    dialled: bool,
+}
+
+/// Each peer's open connections.
+type Connections = HashMap<PeerId, Vec<Open>>;
 
 impl Driver {
     /// Runs until the node stops (the command channel closes).
@@ -141,6 +161,7 @@ impl Driver {
             HashMap::new();
         // The peer each bootstrap address led to, once it answered.
         let mut bootstrap_peers: HashMap<Multiaddr, PeerId> = HashMap::new();
+        let mut connections = Connections::new();
         for addr in self.bootstrap.clone() {
             self.dial(addr);
         }
@@ -151,7 +172,7 @@ impl Driver {
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => {
-                    self.on_event(event, &mut providers, &mut bootstrap_peers);
+                    self.on_event(event, &mut providers, &mut bootstrap_peers, &mut connections);
                 }
                 command = self.commands.recv() => {
                     let Some(command) = command else { return };
@@ -247,6 +268,7 @@ impl Driver {
         event: SwarmEvent<BehaviourEvent>,
         providers: &mut HashMap<kad::QueryId, (Vec<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
         bootstrap_peers: &mut HashMap<Multiaddr, PeerId>,
+        connections: &mut Connections,
     ) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -257,10 +279,29 @@ impl Driver {
                     .push(address);
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
             } => {
                 let remote = endpoint.get_remote_address().clone();
                 tracing::debug!(peer = %peer_id, %remote, "connected");
+                let new = Open {
+                    id: connection_id,
+                    since: tokio::time::Instant::now(),
+                    dialled: endpoint.is_dialer(),
+                };
+                let open = connections.entry(peer_id).or_default();
+                for old in open.iter() {
+                    if old.dialled == new.dialled
+                        || new.since.duration_since(old.since) >= SUPERSEDED_AFTER
+                    {
+                        tracing::info!(peer = %peer_id, "connected to the peer again: closing the older connection (the peer restarted)");
+                        // Its `ConnectionClosed` updates the table and `connections`.
+                        self.swarm.close_connection(old.id);
+                    }
+                }
+                open.push(new);
                 self.table.connected(peer_id, remote);
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     if self.bootstrap.contains(address) {
@@ -272,10 +313,17 @@ impl Driver {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 endpoint,
                 cause,
                 ..
             } => {
+                if let Some(open) = connections.get_mut(&peer_id) {
+                    open.retain(|o| o.id != connection_id);
+                    if open.is_empty() {
+                        connections.remove(&peer_id);
+                    }
+                }
                 tracing::debug!(peer = %peer_id, "connection closed: {cause:?}");
                 self.table
                     .disconnected(&peer_id, endpoint.get_remote_address());

@@ -48,6 +48,16 @@ fn every_length_bound_just_under_at_and_over() {
             },
         },
         Bound {
+            kind: Kind::PackRequest,
+            field: "held",
+            min: 0,
+            max: MAX_PACK_BASES,
+            with: |n| Message::PackRequest {
+                layer: Digest::of(b"layer"),
+                held: vec![Digest::of(b"base"); n],
+            },
+        },
+        Bound {
             kind: Kind::NodeInfo,
             field: "name",
             min: 1,

@@ -8,7 +8,8 @@ use super::error::InvalidMessage;
 use super::payload::PIECE_PREFIX;
 use super::{
     MAX_GROUPS, MAX_HAVE, MAX_IMAGE_LEN, MAX_MAP_PIECES, MAX_MEDIA_TYPE_LEN, MAX_NAME_LEN,
-    MAX_NODE_NAME_LEN, MAX_PEER_ID_LEN, MAX_REQUEST_PIECES, MAX_TAG_LEN, MAX_TEXT_LEN,
+    MAX_NODE_NAME_LEN, MAX_PACK_BASES, MAX_PEER_ID_LEN, MAX_REQUEST_PIECES, MAX_TAG_LEN,
+    MAX_TEXT_LEN,
 };
 use crate::digest::Digest;
 use crate::piece::{PIECE_SIZE, PieceId, PieceLayout};
@@ -41,6 +42,10 @@ pub enum Kind {
     Tag = 0x18,
     /// [`Message::NodeInfo`].
     NodeInfo = 0x19,
+    /// [`Message::PackRequest`].
+    PackRequest = 0x1a,
+    /// [`Message::Pack`].
+    Pack = 0x1b,
     /// [`Message::SeedOrder`].
     SeedOrder = 0x20,
     /// [`Message::SeedStatus`].
@@ -53,7 +58,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind of wire version 1.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 18] = [
         Kind::FleetChallenge,
         Kind::FleetProof,
         Kind::BlobMapRequest,
@@ -66,6 +71,8 @@ impl Kind {
         Kind::TagRequest,
         Kind::Tag,
         Kind::NodeInfo,
+        Kind::PackRequest,
+        Kind::Pack,
         Kind::SeedOrder,
         Kind::SeedStatus,
         Kind::Error,
@@ -92,6 +99,8 @@ impl Kind {
             Kind::TagRequest => "TagRequest",
             Kind::Tag => "Tag",
             Kind::NodeInfo => "NodeInfo",
+            Kind::PackRequest => "PackRequest",
+            Kind::Pack => "Pack",
             Kind::SeedOrder => "SeedOrder",
             Kind::SeedStatus => "SeedStatus",
             Kind::Error => "Error",
@@ -324,6 +333,29 @@ pub enum Message {
         /// The groups it is in (0 to `MAX_GROUPS`, each [`is_node_name`]).
         groups: Vec<String>,
     },
+    /// Asks for a layer as a pack (`shoal_diff::pack`): what the asker needs to rebuild
+    /// the layer from layers of the same repository it holds. Answered by a `Pack`, or
+    /// by a `PieceUnavailable` for `layer` at index 0 when the receiver will not make
+    /// one (it lacks the layer's recipe, or a pack would not be clearly smaller).
+    PackRequest {
+        /// The layer wanted (its blob digest).
+        layer: Digest,
+        /// Layers of the same repository the asker holds with their recipes, most
+        /// recently used first (0 to `MAX_PACK_BASES`).
+        held: Vec<Digest>,
+    },
+    /// Answers a `PackRequest`: the pack is a blob of its own on the sender, fetched
+    /// with `BlobMapRequest` and `PieceRequest` like any other, checked by its digest.
+    Pack {
+        /// The layer, as asked.
+        layer: Digest,
+        /// The pack's sha256.
+        pack: Digest,
+        /// The pack's size in bytes.
+        size: u64,
+        /// The layer blob's size in bytes, which the asker re-creates from the pack.
+        blob_size: u64,
+    },
     /// Orders the receiver to fetch and pin an image (fleet seeding).
     SeedOrder {
         /// The order's id, chosen by the issuing node, echoed in every status.
@@ -381,6 +413,8 @@ impl Message {
             Message::TagRequest { .. } => Kind::TagRequest,
             Message::Tag { .. } => Kind::Tag,
             Message::NodeInfo { .. } => Kind::NodeInfo,
+            Message::PackRequest { .. } => Kind::PackRequest,
+            Message::Pack { .. } => Kind::Pack,
             Message::SeedOrder { .. } => Kind::SeedOrder,
             Message::SeedStatus { .. } => Kind::SeedStatus,
             Message::Error { .. } => Kind::Error,
@@ -465,6 +499,7 @@ impl Message {
                     node_name("groups", group)?;
                 }
             }
+            Message::PackRequest { held, .. } => length("held", held.len(), 0, MAX_PACK_BASES)?,
             Message::SeedOrder {
                 image, origin_node, ..
             } => {
@@ -489,6 +524,7 @@ impl Message {
             Message::FleetProof { .. }
             | Message::BlobMapRequest { .. }
             | Message::PieceUnavailable { .. }
+            | Message::Pack { .. }
             | Message::Bye => {}
         }
         Ok(())
@@ -630,6 +666,17 @@ impl fmt::Debug for DebugView<'_> {
                 .field("tag", tag)
                 .field("resolved", resolved),
             Message::NodeInfo { name, groups } => s.field("name", name).field("groups", groups),
+            Message::PackRequest { layer, held } => s.field("layer", layer).field("held", held),
+            Message::Pack {
+                layer,
+                pack,
+                size,
+                blob_size,
+            } => s
+                .field("layer", layer)
+                .field("pack", pack)
+                .field("size", size)
+                .field("blob_size", blob_size),
             Message::SeedOrder {
                 id,
                 image,

@@ -71,6 +71,8 @@
 //! | `0x17` | [`TagRequest`](Message::TagRequest) | `upstream:str`, `repo:str`, `tag:str` | upstream and repo 1 to [`MAX_NAME_LEN`] bytes; tag 1 to [`MAX_TAG_LEN`] bytes |
 //! | `0x18` | [`Tag`](Message::Tag) | `upstream`, `repo`, `tag`, `resolved:Option<(digest, media_type:str, resolved_at:u64)>` | as `TagRequest`; media type 1 to [`MAX_MEDIA_TYPE_LEN`] bytes |
 //! | `0x19` | [`NodeInfo`](Message::NodeInfo) | `name:str`, `groups:[str]` | name and each group 1 to [`MAX_NODE_NAME_LEN`] bytes of `[A-Za-z0-9._-]`, not starting with a symbol ([`is_node_name`]); at most [`MAX_GROUPS`] groups |
+//! | `0x1a` | [`PackRequest`](Message::PackRequest) | `layer`, `held:[digest]` | 0 to [`MAX_PACK_BASES`] held layers |
+//! | `0x1b` | [`Pack`](Message::Pack) | `layer`, `pack`, `size:u64`, `blob_size:u64` | |
 //! | `0x20` | [`SeedOrder`](Message::SeedOrder) | `id:u64`, `image:str`, `pin_ttl_secs:u64`, `origin_node:bytes` | image 1 to [`MAX_IMAGE_LEN`] bytes; origin 1 to [`MAX_PEER_ID_LEN`] bytes |
 //! | `0x21` | [`SeedStatus`](Message::SeedStatus) | `id:u64`, `state:u8`, `bytes_done`, `bytes_total`, `from_origin`, `from_peers:u64`, `detail:str` | known state; done ≤ total; detail ≤ [`MAX_TEXT_LEN`] |
 //! | `0x30` | [`Error`](Message::Error) | `code:u8`, `message:str` | known code; message ≤ [`MAX_TEXT_LEN`] |
@@ -133,8 +135,14 @@
 //!    ending with state `Complete` or `Failed`. The asker then closes the stream.
 //!    An order whose `id` the receiver is already carrying out is not started twice:
 //!    the second asker gets the first run's statuses.
-//! 9. **Ending**: `Bye` says the sender will send nothing more; `Error` says why it
-//!    stops, and the sender then closes the stream.
+//! 9. **Packs**: `PackRequest { layer, held }` → `Pack { layer, pack, size, blob_size }`
+//!    or `PieceUnavailable { digest: layer, index: 0, reason }`. The pack is then a
+//!    blob on the responder like any other, fetched with exchanges 2 and 3 and checked
+//!    by sha256 against `pack`. Its content is the responder's word: the asker checks
+//!    every chunk it yields by BLAKE3, the tar it rebuilds against the layer's
+//!    diff_id, and the blob it re-creates against `layer`.
+//! 10. **Ending**: `Bye` says the sender will send nothing more; `Error` says why it
+//!     stops, and the sender then closes the stream.
 //!
 //! # What a receiver checks
 //!
@@ -167,7 +175,7 @@
 //!   that any two shoal versions can at least negotiate.
 //!
 //! Version 1 was extended with `Fetch`, `TagRequest` and `Tag` (`0x16` to `0x18`), and
-//! then `NodeInfo` (`0x19`), before its release, when no deployed node spoke it yet;
+//! then `NodeInfo` (`0x19`) and `PackRequest`/`Pack` (`0x1a`, `0x1b`), before its release, when no deployed node spoke it yet;
 //! from its release on it is frozen.
 //!
 //! Encodings are not canonical (postcard accepts overlong varints): compare messages,
@@ -226,6 +234,8 @@ pub const MAX_NODE_NAME_LEN: usize = 64;
 pub const MAX_GROUPS: usize = 32;
 /// Longest text (`Error.message`, `SeedStatus.detail`), in bytes.
 pub const MAX_TEXT_LEN: usize = 1024;
+/// Most held layers a `PackRequest` names.
+pub const MAX_PACK_BASES: usize = 32;
 /// Longest registry host or repository in a `Fetch`, `TagRequest` or `Tag`, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 /// Longest tag in a `TagRequest` or `Tag`, in bytes (the OCI distribution spec's limit).

@@ -75,6 +75,13 @@ pub(crate) fn encode_payload(message: &Message, out: &mut Vec<u8>) {
             put(&(upstream, repo, tag, resolved), out)
         }
         Message::NodeInfo { name, groups } => put(&(name, groups), out),
+        Message::PackRequest { layer, held } => put(&(layer, held), out),
+        Message::Pack {
+            layer,
+            pack,
+            size,
+            blob_size,
+        } => put(&(layer, pack, size, blob_size), out),
         Message::SeedOrder {
             id,
             image,
@@ -225,6 +232,19 @@ pub(crate) fn decode_payload(
         Kind::NodeInfo => {
             let (name, groups) = take(payload)?;
             Message::NodeInfo { name, groups }
+        }
+        Kind::PackRequest => {
+            let (layer, held) = take(payload)?;
+            Message::PackRequest { layer, held }
+        }
+        Kind::Pack => {
+            let (layer, pack, size, blob_size) = take(payload)?;
+            Message::Pack {
+                layer,
+                pack,
+                size,
+                blob_size,
+            }
         }
         Kind::SeedOrder => {
             let (id, image, pin_ttl_secs, origin_node) = take(payload)?;

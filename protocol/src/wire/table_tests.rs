@@ -383,6 +383,16 @@ fn the_largest_message_of_each_kind_fits_its_frame() {
             name: "n".repeat(MAX_NODE_NAME_LEN),
             groups: vec!["g".repeat(MAX_NODE_NAME_LEN); MAX_GROUPS],
         },
+        Message::PackRequest {
+            layer: d,
+            held: vec![d; MAX_PACK_BASES],
+        },
+        Message::Pack {
+            layer: d,
+            pack: d,
+            size: u64::MAX,
+            blob_size: u64::MAX,
+        },
         Message::SeedOrder {
             id: u64::MAX,
             image: "i".repeat(MAX_IMAGE_LEN),

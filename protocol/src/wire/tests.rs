@@ -168,6 +168,19 @@ pub(super) fn message() -> impl Strategy<Value = Message> {
         )
             .prop_map(|(name, groups)| Message::NodeInfo { name, groups }),
         (
+            digest(),
+            proptest::collection::vec(digest(), 0..=MAX_PACK_BASES)
+        )
+            .prop_map(|(layer, held)| Message::PackRequest { layer, held }),
+        (digest(), digest(), any::<u64>(), any::<u64>()).prop_map(
+            |(layer, pack, size, blob_size)| Message::Pack {
+                layer,
+                pack,
+                size,
+                blob_size
+            }
+        ),
+        (
             any::<u64>(),
             "[a-z0-9./:@-]{1,200}",
             any::<u64>(),

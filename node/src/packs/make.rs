@@ -1,0 +1,286 @@
+//! The maker's side: a pack for a peer, from the layer's recipe, the recipes of the
+//! layers the peer holds, and the chunks in this node's store.
+
+use shoal_diff::gzip;
+use shoal_diff::pack::{self, Base, ChunkSource, Options, Summary};
+use shoal_protocol::Digest;
+use shoal_protocol::recipe::{self, ChunkId, Recipe};
+
+use super::profile_kind;
+use crate::store::{BlobRecord, PieceReadError, Store, StoreError, read_piece};
+
+/// A pack made for a peer.
+#[derive(Debug)]
+pub struct Made {
+    /// The pack's bytes.
+    pub pack: Vec<u8>,
+    /// What is in it.
+    pub summary: Summary,
+    /// The layer blob's size.
+    pub blob_size: u64,
+}
+
+/// Why no pack was made.
+#[derive(Debug, thiserror::Error)]
+pub enum MakeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A piece of the layer blob was missing or damaged.
+    #[error("reading the layer blob: {0}")]
+    Piece(#[from] PieceReadError),
+    /// A stored recipe did not decode (the store is damaged; fsck drops it).
+    #[error("the stored recipe of {layer} does not decode: {detail}")]
+    Recipe {
+        /// The layer.
+        layer: Digest,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// The pack could not be made (a chunk missing from the store, say).
+    #[error(transparent)]
+    Pack(#[from] pack::PackError),
+}
+
+/// Compressed bytes of a layer's start read to find its encoder: its first 4 MiB of
+/// content compress to less than this with any encoder that could have written it.
+const PROFILE_HEAD: u64 = 5 << 20;
+
+/// Makes the pack of `layer` for a peer holding `held`; `None` if this node will not:
+/// it lacks the layer complete or its recipe, the blob cannot be re-created from its
+/// tar, or the pack would not be at most 90% of the blob.
+pub fn make(
+    store: &dyn Store,
+    layer: &Digest,
+    held: &[Digest],
+    options: &Options,
+) -> Result<Option<Made>, MakeError> {
+    let (Some(blob), Some(target)) = (store.blob(layer)?, store.recipe(layer)?) else {
+        return Ok(None);
+    };
+    let target_recipe = decode(layer, &target.encoded)?;
+    let Some(profile) = blob_profile(store, layer, &blob, &target_recipe)? else {
+        tracing::info!(%layer, "no pack: the blob's encoder is not one shoal re-creates");
+        return Ok(None);
+    };
+    let mut base_recipes: Vec<(Digest, Vec<u8>, Recipe)> = Vec::new();
+    for digest in held {
+        if digest == layer {
+            continue;
+        }
+        if let Some(record) = store.recipe(digest)? {
+            let decoded = decode(digest, &record.encoded)?;
+            base_recipes.push((*digest, record.encoded, decoded));
+        }
+    }
+    if !promising(&target_recipe, base_recipes.iter().map(|(_, _, r)| r)) {
+        tracing::info!(%layer, "no pack: the held layers share too little with this one");
+        return Ok(None);
+    }
+    let bases: Vec<Base<'_>> = base_recipes
+        .iter()
+        .map(|(digest, encoded, recipe)| Base {
+            layer: *digest,
+            recipe,
+            encoded,
+        })
+        .collect();
+    let (bytes, summary) = pack::make(
+        *layer,
+        &target_recipe,
+        &target.encoded,
+        &bases,
+        Some(&profile),
+        &StoreChunks(store),
+        options,
+    )?;
+    if bytes.len() as u64 * 10 > blob.size * 9 {
+        tracing::info!(%layer, pack = bytes.len(), blob = blob.size, "no pack: not clearly smaller than the blob");
+        return Ok(None);
+    }
+    Ok(Some(Made {
+        pack: bytes,
+        summary,
+        blob_size: blob.size,
+    }))
+}
+
+/// Whether a pack may come out clearly smaller than the layer, judged from recipes
+/// alone before any delta is made: at least a quarter of the layer's content bytes are
+/// chunks the bases hold or files at paths the bases hold (delta candidates). Layers
+/// of unrelated content are declined at the cost of a few lookups.
+fn promising<'a>(target: &Recipe, bases: impl Iterator<Item = &'a Recipe>) -> bool {
+    let mut chunks = std::collections::HashSet::new();
+    let mut paths = std::collections::HashSet::new();
+    for base in bases {
+        for entry in &base.entries {
+            if entry.content.is_some() {
+                paths.insert(entry.path.as_str());
+            }
+            chunks.extend(entry.chunks.iter().map(|c| c.id));
+        }
+    }
+    let (mut total, mut related, mut shared) = (0u64, 0u64, 0u64);
+    for entry in &target.entries {
+        total += entry.size;
+        shared += entry
+            .chunks
+            .iter()
+            .filter(|c| chunks.contains(&c.id))
+            .map(|c| u64::from(c.len))
+            .sum::<u64>();
+        if paths.contains(entry.path.as_str()) {
+            related += entry.size;
+        } else {
+            related += entry
+                .chunks
+                .iter()
+                .filter(|c| chunks.contains(&c.id))
+                .map(|c| u64::from(c.len))
+                .sum::<u64>();
+        }
+    }
+    let unshared = total - shared;
+    (total == 0 || related * 4 >= total) && unshared <= MAX_UNSHARED
+}
+
+/// Most content a pack may carry beyond chunks the receiver holds (deltas' targets and
+/// new chunks): making it holds that content, its zstd window and the pack in memory,
+/// and a node must stay under its memory bound while it serves engines and peers.
+const MAX_UNSHARED: u64 = 16 << 20;
+
+fn decode(layer: &Digest, encoded: &[u8]) -> Result<Recipe, MakeError> {
+    recipe::decode(encoded).map_err(|e| MakeError::Recipe {
+        layer: *layer,
+        detail: e.to_string(),
+    })
+}
+
+/// How the blob is re-created from its tar, as a pack carries it: a gzip profile, or
+/// the tar itself; `None` for anything else (zstd layers, gzip from an encoder shoal
+/// does not reproduce).
+fn blob_profile(
+    store: &dyn Store,
+    layer: &Digest,
+    blob: &BlobRecord,
+    recipe: &Recipe,
+) -> Result<Option<Vec<u8>>, MakeError> {
+    let mut head = Vec::new();
+    for id in &blob.pieces {
+        if head.len() as u64 >= PROFILE_HEAD {
+            break;
+        }
+        head.extend_from_slice(&read_piece(store, id)?);
+    }
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let tail = match blob.pieces.last() {
+            Some(_) if head.len() as u64 == blob.size => {
+                head[head.len().saturating_sub(gzip::TAIL)..].to_vec()
+            }
+            Some(last) => {
+                let bytes = read_piece(store, last)?;
+                let mut tail = Vec::new();
+                if bytes.len() < gzip::TAIL && blob.pieces.len() >= 2 {
+                    // The last piece is shorter than the tail: take the rest from the one before.
+                    let before = read_piece(store, &blob.pieces[blob.pieces.len() - 2])?;
+                    let need = gzip::TAIL - bytes.len();
+                    tail.extend_from_slice(&before[before.len() - need.min(before.len())..]);
+                }
+                tail.extend_from_slice(&bytes[bytes.len().saturating_sub(gzip::TAIL)..]);
+                tail
+            }
+            None => return Ok(None),
+        };
+        return Ok(match gzip::profile_parts(&head, &tail) {
+            Ok(profile) => {
+                let mut out = vec![profile_kind::GZIP];
+                out.extend_from_slice(&profile.encode());
+                Some(out)
+            }
+            Err(_) if head[3..10] == [0, 0, 0, 0, 0, 0, 0xff] && is_flat(store, blob, recipe) => {
+                Some(vec![profile_kind::FLAT])
+            }
+            Err(e) => {
+                tracing::info!(%layer, header = %hex::encode(&head[..head.len().min(10)]), "no gzip profile: {e}");
+                None
+            }
+        });
+    }
+    let is_tar = head.len() >= 262 && &head[257..262] == b"ustar";
+    Ok(is_tar.then(|| vec![profile_kind::TAR]))
+}
+
+/// Whether `blob` is the flat-layer gzip of the tar `recipe` describes: the whole blob
+/// compared with the tar compressed again, stopping at the first difference.
+fn is_flat(store: &dyn Store, blob: &BlobRecord, recipe: &Recipe) -> bool {
+    let mut cmp = CompareBlob {
+        store,
+        pieces: blob.pieces.iter(),
+        current: Vec::new(),
+        at: 0,
+    };
+    let chunk = |id: &ChunkId| store.chunk(id).ok().flatten();
+    let mut gz = super::FlatGzip::new(&mut cmp);
+    if shoal_diff::recreate(recipe, chunk, &mut gz).is_err() {
+        return false;
+    }
+    match gz.finish() {
+        Ok(cmp) => cmp.at == cmp.current.len() && cmp.pieces.len() == 0,
+        Err(_) => false,
+    }
+}
+
+/// A writer that accepts only the bytes of a stored blob, in order.
+struct CompareBlob<'a, I> {
+    store: &'a dyn Store,
+    pieces: I,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl<'a, I: ExactSizeIterator<Item = &'a shoal_protocol::PieceId>> std::io::Write
+    for CompareBlob<'a, I>
+{
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.at == self.current.len() {
+                let id = self
+                    .pieces
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("longer than the blob"))?;
+                self.current = read_piece(self.store, id)
+                    .map_err(std::io::Error::other)?
+                    .to_vec();
+                self.at = 0;
+            }
+            let n = rest.len().min(self.current.len() - self.at);
+            if rest[..n] != self.current[self.at..self.at + n] {
+                return Err(std::io::Error::other("differs from the blob"));
+            }
+            self.at += n;
+            rest = &rest[n..];
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Chunks from the store, for the pack maker (which checks them against their ids).
+pub(crate) struct StoreChunks<'a>(pub &'a dyn Store);
+
+impl ChunkSource for StoreChunks<'_> {
+    fn chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        match self.0.chunk(id) {
+            Ok(Some(bytes)) => Some(bytes.to_vec()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(chunk = %id, "cannot read a chunk: {e}");
+                None
+            }
+        }
+    }
+}
