@@ -121,8 +121,8 @@ fn knows_holdings(fleet: &Fleet, blobs: u64) -> anyhow::Result<()> {
 
 /// Pushes both versions and lets node 0 hold both (with recipes); then starts node 1,
 /// which joins only now (so it was never elected to fetch anything for node 0), and
-/// lets it hold v1. Returns what node 0 got for v2.
-fn two_versions(fleet: &mut Fleet) -> anyhow::Result<Pulled> {
+/// lets it hold v1; node 1 gets `late_flags`. Returns what node 0 got for v2.
+fn two_versions(fleet: &mut Fleet, late_flags: &[String]) -> anyhow::Result<Pulled> {
     let (v1, v2) = versions();
     let registry = fleet.registry.addr.clone();
     // podman ties its storage to one runroot: one directory per push.
@@ -132,7 +132,7 @@ fn two_versions(fleet: &mut Fleet) -> anyhow::Result<Pulled> {
     let a2 = pull(fleet, 0, "v2", "a2")?;
     ingested(fleet, 0, 2)?;
     let key = fleet.key.clone();
-    let late = fleet.add_node("late", Some(&key), &["--packs".into()])?;
+    let late = fleet.add_node("late", Some(&key), late_flags)?;
     fleet.nodes.push(late);
     fleet.wait_meshed()?;
     knows_holdings(fleet, 6)?;
@@ -143,8 +143,8 @@ fn two_versions(fleet: &mut Fleet) -> anyhow::Result<Pulled> {
 
 #[test]
 fn a_node_holding_v1_gets_v2_as_a_pack_and_recreates_the_exact_blob() -> anyhow::Result<()> {
-    let mut fleet = Fleet::start(1, |_| vec!["--packs".into()])?;
-    let a2 = two_versions(&mut fleet)?;
+    let mut fleet = Fleet::start(1, |_| vec![])?;
+    let a2 = two_versions(&mut fleet, &[])?;
     let before = fleet.nodes[1].stats()?;
     let origin_before = fleet.proxy.bytes_down();
 
@@ -184,16 +184,26 @@ fn a_node_holding_v1_gets_v2_as_a_pack_and_recreates_the_exact_blob() -> anyhow:
     Ok(())
 }
 
+/// Packs are on by default; `--no-packs` takes layers as pieces, as before packs.
+#[test]
+fn a_node_with_packs_off_takes_v2_as_pieces() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(1, |_| vec![])?;
+    let a2 = two_versions(&mut fleet, &["--no-packs".into()])?;
+    let b2 = pull(&fleet, 1, "v2", "b2")?;
+    assert_eq!(b2, a2);
+    let after = fleet.nodes[1].stats()?;
+    let layer = layer_size(&fleet.path("b2"), &b2)?;
+    assert_eq!(counter(&after, "layers_recreated"), 0, "{after}");
+    assert_eq!(counter(&after, "bytes_delta"), 0, "{after}");
+    assert!(counter(&after, "bytes_from_peers") >= layer, "{after}");
+    assert_eq!(counter(&fleet.nodes[0].stats()?, "packs_made"), 0);
+    Ok(())
+}
+
 #[test]
 fn a_bad_pack_is_caught_the_peer_banned_and_the_layer_fetched_whole() -> anyhow::Result<()> {
-    let mut fleet = Fleet::start(1, |_| {
-        vec![
-            "--packs".into(),
-            "--test-peer-fault".into(),
-            "bad-pack".into(),
-        ]
-    })?;
-    let a2 = two_versions(&mut fleet)?;
+    let mut fleet = Fleet::start(1, |_| vec!["--test-peer-fault".into(), "bad-pack".into()])?;
+    let a2 = two_versions(&mut fleet, &[])?;
 
     let b2 = pull(&fleet, 1, "v2", "b2")?;
     assert_eq!(b2, a2, "B got other blobs than A");
@@ -220,7 +230,7 @@ fn a_bad_pack_is_caught_the_peer_banned_and_the_layer_fetched_whole() -> anyhow:
 fn a_flat_image_always_comes_as_a_pack() -> anyhow::Result<()> {
     // Layers gzipped by flate2 (the harness's own writer): not an encoder shoal
     // re-creates, but the flat images exported from them are shoal's own gzip.
-    let mut fleet = Fleet::start(1, |_| vec!["--packs".into()])?;
+    let mut fleet = Fleet::start(1, |_| vec![])?;
     let (v1, v2) = versions();
     let registry = fleet.registry.addr.clone();
     let mut layout = Layout::new(&fleet.path("layout"))?;
@@ -254,7 +264,7 @@ fn a_flat_image_always_comes_as_a_pack() -> anyhow::Result<()> {
     let a2 = pull(&fleet, 0, "v2", "a2")?;
     ingested(&fleet, 0, 4)?;
     let key = fleet.key.clone();
-    let late = fleet.add_node("late", Some(&key), &["--packs".into()])?;
+    let late = fleet.add_node("late", Some(&key), &[])?;
     fleet.nodes.push(late);
     fleet.wait_meshed()?;
     knows_holdings(&fleet, 6)?;
@@ -277,7 +287,7 @@ fn a_flat_image_always_comes_as_a_pack() -> anyhow::Result<()> {
 
 #[test]
 fn nodes_holding_v1_that_pull_v2_at_once_take_one_copy_and_packs() -> anyhow::Result<()> {
-    let fleet = Fleet::start(3, |_| vec!["--packs".into()])?;
+    let fleet = Fleet::start(3, |_| vec![])?;
     fleet.wait_meshed()?;
     let (v1, v2) = versions();
     let registry = fleet.registry.addr.clone();

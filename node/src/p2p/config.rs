@@ -44,10 +44,10 @@ pub struct P2pFlags {
     /// Do not look for peers with mDNS on the local network.
     #[arg(long)]
     pub no_mdns: bool,
-    /// Send and take layers as packs between image versions (`[p2p] packs`). Off by
-    /// default until pack making stays within the node's memory bound under load.
+    /// Neither ask for nor make packs (layers sent as what changed between image
+    /// versions); `[p2p] packs = false` alike. Layers then always come as pieces.
     #[arg(long)]
-    pub packs: bool,
+    pub no_packs: bool,
     /// A group this node belongs to, which `shoal seed --group` selects nodes by
     /// (added to `[p2p] groups`). Repeatable.
     #[arg(long = "group", value_name = "NAME")]
@@ -89,7 +89,8 @@ pub struct P2pConfig {
     pub fleet_key_file: PathBuf,
     /// Discover peers on the local network with mDNS [default: true].
     pub mdns: bool,
-    /// Whether layers go as packs between image versions (asked for and made).
+    /// Whether layers go as packs between image versions (asked for and made)
+    /// [default: true].
     pub packs: bool,
     /// How long a blob lookup waits for peers to answer before the origin is asked
     /// [default: 1500 ms].
@@ -173,7 +174,7 @@ impl P2pConfig {
             fleet_key,
             fleet_key_file: key_file,
             mdns: !flags.no_mdns && section.mdns.unwrap_or(true),
-            packs: flags.packs || section.packs.unwrap_or(false),
+            packs: !flags.no_packs && section.packs.unwrap_or(true),
             lookup_deadline: Duration::from_millis(section.lookup_deadline_ms.unwrap_or(1500)),
             stall_timeout: Duration::from_secs(section.stall_timeout_secs.unwrap_or(10)),
             ban: Duration::from_secs(section.ban_secs.unwrap_or(600)),

@@ -59,10 +59,6 @@ pub fn make(
         return Ok(None);
     };
     let target_recipe = decode(layer, &target.encoded)?;
-    let Some(profile) = blob_profile(store, layer, &blob, &target_recipe)? else {
-        tracing::info!(%layer, "no pack: the blob's encoder is not one shoal re-creates");
-        return Ok(None);
-    };
     let mut base_recipes: Vec<(Digest, Vec<u8>, Recipe)> = Vec::new();
     for digest in held {
         if digest == layer {
@@ -73,10 +69,20 @@ pub fn make(
             base_recipes.push((*digest, record.encoded, decoded));
         }
     }
-    if !promising(&target_recipe, base_recipes.iter().map(|(_, _, r)| r)) {
+    if !promising(
+        store,
+        &target_recipe,
+        base_recipes.iter().map(|(_, _, r)| r),
+    ) {
         tracing::info!(%layer, "no pack: the held layers share too little with this one");
         return Ok(None);
     }
+    // After the recipes: finding the encoder compresses the blob's first megabytes
+    // again with each candidate, which costs more than a look at recipes.
+    let Some(profile) = blob_profile(store, layer, &blob, &target_recipe)? else {
+        tracing::info!(%layer, "no pack: the blob's encoder is not one shoal re-creates");
+        return Ok(None);
+    };
     let bases: Vec<Base<'_>> = base_recipes
         .iter()
         .map(|(digest, encoded, recipe)| Base {
@@ -105,17 +111,24 @@ pub fn make(
     }))
 }
 
-/// Whether a pack may come out clearly smaller than the layer, judged from recipes
-/// alone before any delta is made: at least a quarter of the layer's content bytes are
-/// chunks the bases hold or files at paths the bases hold (delta candidates). Layers
-/// of unrelated content are declined at the cost of a few lookups.
-fn promising<'a>(target: &Recipe, bases: impl Iterator<Item = &'a Recipe>) -> bool {
+/// Whether a pack may come out clearly smaller than the layer, judged before any delta
+/// is made: at least a quarter of the layer's content bytes are chunks the bases hold,
+/// or files at paths the bases hold whose content resembles the base file's (a probe:
+/// the target file's first [`PROBE_TARGET`] bytes compressed against the base file's
+/// first [`PROBE_BASE`] at zstd level 1, which must take under half of their size
+/// compressed alone). Layers of unrelated content, even at the same paths, are declined
+/// at the cost of a few lookups and milliseconds, not a pack made and thrown away.
+fn promising<'a>(
+    store: &dyn Store,
+    target: &Recipe,
+    bases: impl Iterator<Item = &'a Recipe>,
+) -> bool {
     let mut chunks = std::collections::HashSet::new();
-    let mut paths = std::collections::HashSet::new();
+    let mut paths = std::collections::HashMap::new();
     for base in bases {
         for entry in &base.entries {
             if entry.content.is_some() {
-                paths.insert(entry.path.as_str());
+                paths.insert(entry.path.as_str(), entry);
             }
             chunks.extend(entry.chunks.iter().map(|c| c.id));
         }
@@ -123,25 +136,64 @@ fn promising<'a>(target: &Recipe, bases: impl Iterator<Item = &'a Recipe>) -> bo
     let (mut total, mut related, mut shared) = (0u64, 0u64, 0u64);
     for entry in &target.entries {
         total += entry.size;
-        shared += entry
+        let own_shared = entry
             .chunks
             .iter()
             .filter(|c| chunks.contains(&c.id))
             .map(|c| u64::from(c.len))
             .sum::<u64>();
-        if paths.contains(entry.path.as_str()) {
-            related += entry.size;
+        shared += own_shared;
+        let resembles = || {
+            paths
+                .get(entry.path.as_str())
+                .is_some_and(|base| resembles(store, base, entry))
+        };
+        // A file mostly made of held chunks needs no probe: its chunks count already.
+        related += if own_shared * 2 < entry.size && resembles() {
+            entry.size
         } else {
-            related += entry
-                .chunks
-                .iter()
-                .filter(|c| chunks.contains(&c.id))
-                .map(|c| u64::from(c.len))
-                .sum::<u64>();
-        }
+            own_shared
+        };
     }
     let unshared = total - shared;
     (total == 0 || related * 4 >= total) && unshared <= MAX_UNSHARED
+}
+
+/// Bytes of a changed file probed for resemblance to its base (see [`promising`]).
+const PROBE_TARGET: usize = 256 << 10;
+/// Bytes of the base file the probe compresses against.
+const PROBE_BASE: usize = 1 << 20;
+
+/// Whether `target`'s content resembles `base`'s by the probe [`promising`] describes.
+/// Content the store cannot give counts as unlike.
+fn resembles(store: &dyn Store, base: &recipe::Entry, target: &recipe::Entry) -> bool {
+    let (Some(base), Some(target)) = (
+        head(store, base, PROBE_BASE),
+        head(store, target, PROBE_TARGET),
+    ) else {
+        return false;
+    };
+    if target.is_empty() {
+        return true;
+    }
+    let alone = zstd::bulk::compress(&target, 1).map(|c| c.len());
+    let against = zstd::bulk::Compressor::with_dictionary(1, &base)
+        .and_then(|mut c| c.compress(&target))
+        .map(|c| c.len());
+    matches!((alone, against), (Ok(alone), Ok(against)) if against * 2 < alone)
+}
+
+/// The first `limit` bytes (or fewer) of an entry's content, from the store.
+fn head(store: &dyn Store, entry: &recipe::Entry, limit: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(limit.min(entry.size as usize));
+    for chunk in &entry.chunks {
+        if out.len() >= limit {
+            break;
+        }
+        let bytes = store.chunk(&chunk.id).ok()??;
+        out.extend_from_slice(&bytes[..bytes.len().min(limit - out.len())]);
+    }
+    Some(out)
 }
 
 /// Most content a pack may carry beyond chunks the receiver holds (deltas' targets and
