@@ -250,8 +250,9 @@ impl<'a> BaseFiles<'a> {
 }
 
 /// A path with every run of ASCII digits replaced by one `#`: the same for versions of
-/// a file whose path carries its version.
-fn shape(path: &str) -> String {
+/// a file whose path carries its version. A target file with no base file at its path
+/// is delta'd against the first base file of the same shape.
+pub fn shape(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut in_digits = false;
     for ch in path.chars() {

@@ -123,7 +123,7 @@ pub use apply::apply;
 pub use error::PackError;
 pub use format::{Header, MAGIC, MAX_BASES, MAX_PROFILE, VERSION, read_header};
 pub use literal::WINDOW_LOG_MAX;
-pub use make::make;
+pub use make::{make, shape};
 
 /// A layer both sides hold: what the pack is made against and applied with.
 #[derive(Clone, Copy, Debug)]

@@ -113,7 +113,8 @@ pub fn make(
 
 /// Whether a pack may come out clearly smaller than the layer, judged before any delta
 /// is made: at least a quarter of the layer's content bytes are chunks the bases hold,
-/// or files at paths the bases hold whose content resembles the base file's (a probe:
+/// or files whose base file (at the same path, or of the same [`pack::shape`], as the
+/// pack would pick it) has content they resemble (a probe:
 /// the target file's first [`PROBE_TARGET`] bytes compressed against the base file's
 /// first [`PROBE_BASE`] at zstd level 1, which must take under half of their size
 /// compressed alone). Layers of unrelated content, even at the same paths, are declined
@@ -125,10 +126,12 @@ fn promising<'a>(
 ) -> bool {
     let mut chunks = std::collections::HashSet::new();
     let mut paths = std::collections::HashMap::new();
+    let mut shapes = std::collections::HashMap::new();
     for base in bases {
         for entry in &base.entries {
             if entry.content.is_some() {
-                paths.insert(entry.path.as_str(), entry);
+                paths.entry(entry.path.as_str()).or_insert(entry);
+                shapes.entry(pack::shape(&entry.path)).or_insert(entry);
             }
             chunks.extend(entry.chunks.iter().map(|c| c.id));
         }
@@ -146,6 +149,7 @@ fn promising<'a>(
         let resembles = || {
             paths
                 .get(entry.path.as_str())
+                .or_else(|| shapes.get(&pack::shape(&entry.path)))
                 .is_some_and(|base| resembles(store, base, entry))
         };
         // A file mostly made of held chunks needs no probe: its chunks count already.
@@ -163,6 +167,8 @@ fn promising<'a>(
 const PROBE_TARGET: usize = 256 << 10;
 /// Bytes of the base file the probe compresses against.
 const PROBE_BASE: usize = 1 << 20;
+/// The probe's zstd window: base and target together.
+const PROBE_WINDOW_LOG: u32 = 21;
 
 /// Whether `target`'s content resembles `base`'s by the probe [`promising`] describes.
 /// Content the store cannot give counts as unlike.
@@ -176,10 +182,16 @@ fn resembles(store: &dyn Store, base: &recipe::Entry, target: &recipe::Entry) ->
     if target.is_empty() {
         return true;
     }
-    let alone = zstd::bulk::compress(&target, 1).map(|c| c.len());
-    let against = zstd::bulk::Compressor::with_dictionary(1, &base)
-        .and_then(|mut c| c.compress(&target))
-        .map(|c| c.len());
+    // The base then the target, in one frame whose window spans both: what the
+    // target adds to the base's compressed size is what it costs given the base.
+    let compressed = |bytes: &[u8]| -> std::io::Result<usize> {
+        let mut c = zstd::bulk::Compressor::new(1)?;
+        c.set_parameter(zstd::stream::raw::CParameter::WindowLog(PROBE_WINDOW_LOG))?;
+        Ok(c.compress(bytes)?.len())
+    };
+    let alone = compressed(&target);
+    let against = compressed(&[base.as_slice(), target.as_slice()].concat())
+        .and_then(|both| Ok(both.saturating_sub(compressed(&base)?)));
     matches!((alone, against), (Ok(alone), Ok(against)) if against * 2 < alone)
 }
 
@@ -334,5 +346,71 @@ impl ChunkSource for StoreChunks<'_> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_protocol::Digest;
+    use shoal_protocol::recipe::{ChunkId, ChunkRef, Entry, EntryKind, Padding};
+
+    use super::resembles;
+    use crate::store::content::ContentStore;
+    use crate::store::memory::MemoryEngine;
+    use crate::store::recipes::RecipeStore;
+
+    /// Noise from a seed (xorshift), which no compressor shrinks.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A file entry whose content is stored as 64 KiB chunks.
+    fn stored(store: &ContentStore<MemoryEngine>, path: &str, content: &[u8]) -> Entry {
+        let layer = Digest::of(path.as_bytes());
+        store.begin_recipe(&layer).unwrap();
+        let pieces: Vec<(ChunkId, &[u8])> = content
+            .chunks(64 << 10)
+            .map(|c| (ChunkId::of(c), c))
+            .collect();
+        store.add_chunks(&layer, &pieces).unwrap();
+        Entry {
+            header: vec![0; 512],
+            path: path.into(),
+            kind: EntryKind::File,
+            size: content.len() as u64,
+            content: Some(ChunkId::of(content)),
+            chunks: pieces
+                .iter()
+                .map(|(id, c)| ChunkRef {
+                    id: *id,
+                    len: c.len() as u32,
+                })
+                .collect(),
+            padding: Padding::Zeros,
+        }
+    }
+
+    #[test]
+    fn an_edited_file_resembles_its_base_and_unrelated_noise_does_not() {
+        let store = ContentStore::new(MemoryEngine::new()).unwrap();
+        let v1 = noise(2 << 20, 1);
+        let mut v2 = v1.clone();
+        // Shifted by an insert near the start, and edited further on: no chunk of
+        // the first MiB is shared, and the content is nearly the same.
+        v2.splice(100..100, noise(1000, 2));
+        v2[500_000..500_064].copy_from_slice(&noise(64, 3));
+        let base = stored(&store, "app/v1", &v1);
+        let edited = stored(&store, "app/v2", &v2);
+        let other = stored(&store, "app/other", &noise(2 << 20, 4));
+        assert!(resembles(&store, &base, &edited));
+        assert!(!resembles(&store, &base, &other));
     }
 }
