@@ -216,6 +216,16 @@ fn scenario(s: &mut String, sc: &ScenarioFigures) {
         "<p class=\"note\">Verified peers per node at the start: {:?}.",
         sc.mesh_peers
     );
+    for (who, p) in [("shoal", &sc.shoal), ("the baseline", &sc.baseline)] {
+        if let Some(busy) = p.cpu_busy {
+            let _ = write!(
+                s,
+                " CPU busy during {who}: {:.0}% of {} cores.",
+                busy * 100.0,
+                p.cpus
+            );
+        }
+    }
     if !sc.kills.is_empty() {
         let kills: Vec<String> = sc
             .kills

@@ -134,6 +134,12 @@ pub struct PhaseFigures {
     pub origin_payload_bytes: Option<u64>,
     /// `[seconds, cumulative origin link bytes]`, every ~200 ms.
     pub origin_series: Vec<[f64; 2]>,
+    /// Share of the machine's CPU time that was busy during the phase (every process:
+    /// nodes, registry, clients), 0 to 1, from `/proc/stat`; absent where it cannot be
+    /// read. Near 1, the phase was bound by CPU, not by the links.
+    pub cpu_busy: Option<f64>,
+    /// The machine's CPUs, for reading `cpu_busy`.
+    pub cpus: usize,
 }
 
 /// One node in one phase.

@@ -356,6 +356,7 @@ fn check_bytes(fetched: &[Fetched], version: &Version) -> anyhow::Result<()> {
 struct Window {
     start: Instant,
     base: Option<Sample>,
+    cpu: Option<CpuTimes>,
     progress: Arc<Progress>,
     display: Display,
 }
@@ -365,6 +366,7 @@ impl Window {
         let progress = Progress::new(n);
         let display = Display::start(label.to_owned(), progress.clone(), ctx.sampler.clone());
         Window {
+            cpu: CpuTimes::now(),
             base: ctx.sampler.latest(),
             start: Instant::now(),
             progress,
@@ -380,6 +382,10 @@ impl Window {
         fetched: &[Fetched],
         sources: Option<Vec<Sources>>,
     ) -> PhaseFigures {
+        let cpu_busy = match (self.cpu, CpuTimes::now()) {
+            (Some(before), Some(after)) => after.busy_since(&before),
+            _ => None,
+        };
         // Let the counters catch the last frames.
         std::thread::sleep(Duration::from_millis(500));
         drop(self.display);
@@ -434,6 +440,8 @@ impl Window {
                 .map(|s| s.iter().map(|x| x.from_origin).sum()),
             origin_series,
             nodes,
+            cpu_busy,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -705,4 +713,60 @@ fn remove_podman_storage(storage: &Path) {
         "removed podman's storage in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The machine's CPU time so far, from the first line of `/proc/stat` (in ticks).
+#[derive(Clone, Copy, Debug)]
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        CpuTimes::parse(stat.lines().next()?)
+    }
+
+    /// `cpu  user nice system idle iowait irq softirq steal ...`: idle and iowait are
+    /// idle time, the rest busy (guest time is already within user).
+    fn parse(line: &str) -> Option<CpuTimes> {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        let ticks: Vec<u64> = fields
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        if ticks.len() < 5 {
+            return None;
+        }
+        let total: u64 = ticks.iter().sum();
+        let idle = ticks[3] + ticks[4];
+        Some(CpuTimes {
+            busy: total - idle,
+            total,
+        })
+    }
+
+    /// The busy share of the CPU time between `before` and now.
+    fn busy_since(&self, before: &CpuTimes) -> Option<f64> {
+        let total = self.total.checked_sub(before.total)?;
+        (total > 0).then(|| self.busy.saturating_sub(before.busy) as f64 / total as f64)
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::CpuTimes;
+
+    #[test]
+    fn busy_share_counts_idle_and_iowait_as_idle() {
+        let a = CpuTimes::parse("cpu  100 0 50 800 50 0 0 0 0 0").unwrap();
+        let b = CpuTimes::parse("cpu  250 0 100 850 50 0 0 0 0 0").unwrap();
+        assert_eq!(b.busy_since(&a), Some(0.8));
+        assert!(CpuTimes::parse("cpu0 1 2 3 4 5").is_none());
+        assert!(CpuTimes::parse("cpu  1 2").is_none());
+    }
 }
