@@ -55,6 +55,11 @@ pub struct DeltasArgs {
     /// Write every figure as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Make packs with a node's options (`shoal_node::p2p::packs::maker_options`:
+    /// zstd level 9, deltas within 128 MiB) instead of the library's defaults (level
+    /// 19), to see what a fleet sends.
+    #[arg(long)]
+    node_options: bool,
 }
 
 /// A pack's [`Summary`], as the report writes it.
@@ -149,7 +154,11 @@ pub fn run(args: &DeltasArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("shoal-bench-deltas-")
         .tempdir_in("/var/tmp")?;
-    let opts = Options::default();
+    let opts = if args.node_options {
+        shoal_node::p2p::packs::maker_options()
+    } else {
+        Options::default()
+    };
     let mut report = Report {
         options: format!("{opts:?}"),
         pairs: Vec::new(),

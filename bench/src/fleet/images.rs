@@ -1,6 +1,9 @@
 //! The two versions of the image a fleet pulls, built by the bench and pushed into the
 //! origin's storage before the origin starts in its namespace.
 //!
+//! Layers are gzipped by skopeo on the push (klauspost's pgzip, as podman and skopeo
+//! compress), so nodes can re-create them from packs.
+//!
 //! - `debian`: v1 is a Debian root made by `debootstrap --variant=minbase` as one gzip
 //!   layer, v2 the same root with packages added, packed whole again (what a rebuild
 //!   from scratch gives: no layer in common with v1, most file content in common). The
@@ -15,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 use shoal_tests::Registry;
-use shoal_tests::image::{Layer, Layout, noise};
+use shoal_tests::image::{Layer, LayerCompression, Layout, noise};
 
 /// The repository both versions are pushed to.
 pub const REPO: &str = "bench/fleet";
@@ -129,6 +132,7 @@ pub struct Roots<'a> {
 /// Builds both versions and pushes them to a registry storing under `work/push`.
 pub fn build(spec: &ImageSpec, roots: &Roots, work: &Path) -> anyhow::Result<Images> {
     let mut layout = Layout::new(&work.join("layout"))?;
+    layout.compression = LayerCompression::None;
     let (description, layers) = match spec {
         ImageSpec::Debian => {
             let v1 = crate::recipes::debootstrap(&roots.dir.join("v1"), None)?;
@@ -164,25 +168,13 @@ pub fn build(spec: &ImageSpec, roots: &Roots, work: &Path) -> anyhow::Result<Ima
     let mut versions = Vec::new();
     for (tag, tar) in ["v1", "v2"].into_iter().zip(layers) {
         let tar_bytes = tar.len() as u64;
-        let built = layout.image(&[Layer::raw_tar(tar)], "amd64", Some(tag))?;
-        layout.push(
-            tag,
-            &format!("{}/{REPO}:{tag}", registry.addr),
-            false,
-            false,
-        )?;
-        let blobs = built
-            .blobs
-            .iter()
-            .map(|d| Ok((d.to_string(), layout.blob(d)?.len() as u64)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        versions.push(Version {
-            tag: tag.to_owned(),
-            manifest: built.manifest.to_string(),
-            manifest_bytes: built.manifest_size,
-            blobs,
-            tar_bytes,
-        });
+        // The layout holds the plain tar; skopeo gzips it on the push, with the
+        // encoder podman and skopeo use (klauspost's pgzip), as most images on a
+        // registry were compressed, and which nodes re-create from packs.
+        layout.image(&[Layer::raw_tar(tar)], "amd64", Some(tag))?;
+        let dest = format!("{}/{REPO}:{tag}", registry.addr);
+        layout.push(tag, &dest, false, false)?;
+        versions.push(pushed(&dest, tag, tar_bytes)?);
     }
     let storage = registry.root.clone();
     drop(registry);
@@ -195,6 +187,42 @@ pub fn build(spec: &ImageSpec, roots: &Roots, work: &Path) -> anyhow::Result<Ima
         v1,
         v2,
         storage,
+    })
+}
+
+/// What the registry holds for `dest` (`host:port/repo:tag`), as skopeo pushed it.
+fn pushed(dest: &str, tag: &str, tar_bytes: u64) -> anyhow::Result<Version> {
+    let out = shoal_tests::run(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{dest}")),
+        Duration::from_secs(60),
+    )?;
+    let raw = out.stdout;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&raw).with_context(|| format!("the manifest of {dest}"))?;
+    let descriptor = |d: &serde_json::Value| -> anyhow::Result<(String, u64)> {
+        Ok((
+            d["digest"]
+                .as_str()
+                .context("a descriptor's digest")?
+                .to_owned(),
+            d["size"].as_u64().context("a descriptor's size")?,
+        ))
+    };
+    let mut blobs = vec![descriptor(&manifest["config"])?];
+    for layer in manifest["layers"]
+        .as_array()
+        .context("the manifest's layers")?
+    {
+        blobs.push(descriptor(layer)?);
+    }
+    Ok(Version {
+        tag: tag.to_owned(),
+        manifest: shoal_protocol::Digest::of(&raw).to_string(),
+        manifest_bytes: raw.len() as u64,
+        blobs,
+        tar_bytes,
     })
 }
 

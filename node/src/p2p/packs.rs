@@ -347,7 +347,7 @@ async fn layer_ready(p2p: &Arc<P2p>, layer: &Digest) -> Result<(), String> {
 /// How a node makes packs: within a working-memory budget that keeps a node serving
 /// many engines and peers under its memory bound (`tests/tests/load.rs`): deltas
 /// within 128 MiB, and zstd at level 9 (a level-19 context alone is over 100 MiB).
-fn maker_options() -> Options {
+pub fn maker_options() -> Options {
     let mut options = Options::default();
     options.budget.memory = 128 << 20;
     options.level = 9;
