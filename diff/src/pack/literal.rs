@@ -37,14 +37,15 @@ pub(crate) struct Encoder {
 
 impl Encoder {
     /// An encoder for a stream of exactly `len` bytes at `level`, with long-distance
-    /// matching and a window covering the stream (up to [`WINDOW_LOG_MAX`]).
-    pub(crate) fn new(level: i32, len: u64) -> Result<Self, MakeError> {
+    /// matching and a window covering the stream, up to `1 << window_log_max` bytes
+    /// (and [`WINDOW_LOG_MAX`]).
+    pub(crate) fn new(level: i32, len: u64, window_log_max: u32) -> Result<Self, MakeError> {
         let fail = |e| MakeError::Zstd(zstd_err(e));
         let mut cctx = CCtx::try_create()
             .ok_or_else(|| MakeError::Zstd("cannot allocate a compression context".into()))?;
         for p in [
             CParameter::CompressionLevel(level),
-            CParameter::WindowLog(window_log(len)),
+            CParameter::WindowLog(window_log(len).min(window_log_max.max(WINDOW_LOG_MIN))),
             CParameter::EnableLongDistanceMatching(true),
             // Every chunk's BLAKE3 is checked as it comes out.
             CParameter::ChecksumFlag(false),
@@ -199,7 +200,7 @@ mod tests {
 
     fn encode(level: i32, parts: &[&[u8]]) -> Vec<u8> {
         let len = parts.iter().map(|p| p.len() as u64).sum();
-        let mut enc = Encoder::new(level, len).unwrap();
+        let mut enc = Encoder::new(level, len, WINDOW_LOG_MAX).unwrap();
         for p in parts {
             enc.push(p).unwrap();
         }
@@ -276,5 +277,34 @@ mod tests {
             decode(&frame, &r, 20, &mut |_, _, _| Ok(())),
             Err(PackError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_maker_may_keep_the_window_smaller_than_the_stream() {
+        let parts: Vec<Vec<u8>> = (0..12u32)
+            .map(|k| {
+                (0..CHUNK_MAX)
+                    .map(|i| ((i * 7 + k * 13) % 253) as u8)
+                    .collect()
+            })
+            .collect();
+        let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let len = slices.iter().map(|p| p.len() as u64).sum();
+        let mut enc = Encoder::new(3, len, 20).unwrap();
+        for p in &slices {
+            enc.push(p).unwrap();
+        }
+        let frame = enc.finish().unwrap();
+        assert!(len > 1 << 20);
+        assert!(declared_window(&frame).unwrap() <= 1 << 20);
+        // A receiver whose limit is that window takes it.
+        let mut n = 0;
+        decode(&frame, &refs(&slices), 20, &mut |_, c, bytes| {
+            assert!(c.id.matches(bytes));
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, slices.len());
     }
 }

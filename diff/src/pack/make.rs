@@ -76,7 +76,11 @@ pub fn make(
     let literal_frame = if literal_raw == 0 {
         Vec::new()
     } else {
-        let mut enc = literal::Encoder::new(opts.literal_level(literal_raw), literal_raw)?;
+        let mut enc = literal::Encoder::new(
+            opts.literal_level(literal_raw),
+            literal_raw,
+            opts.literal_window_log,
+        )?;
         for l in &literals {
             let path = &target.entries[l.entry].path;
             enc.push(&read_chunk(&l.chunk, path, chunks)?)?;

@@ -187,6 +187,10 @@ pub struct Options {
     /// Whether a file with no same-path base file is delta'd against a base file
     /// whose path differs only in its digits (see the module docs). Default true.
     pub similar_names: bool,
+    /// Largest window the literal stream is compressed with, as a log: the maker holds
+    /// that many bytes of it, and matches reach no further back. Default and most
+    /// [`WINDOW_LOG_MAX`] (128 MiB); a node making packs while it serves uses less.
+    pub literal_window_log: u32,
 }
 
 impl Default for Options {
@@ -199,6 +203,7 @@ impl Default for Options {
             recipe_level: 19,
             max_target: delta::MAX_TARGET,
             similar_names: true,
+            literal_window_log: WINDOW_LOG_MAX,
         }
     }
 }

@@ -346,13 +346,15 @@ async fn layer_ready(p2p: &Arc<P2p>, layer: &Digest) -> Result<(), String> {
 
 /// How a node makes packs: within a working-memory budget that keeps a node serving
 /// many engines and peers under its memory bound (`tests/tests/load.rs`): deltas
-/// within 128 MiB, and zstd at level 9 (a level-19 context alone is over 100 MiB).
+/// within 128 MiB, zstd at level 9 (a level-19 context alone is over 100 MiB), and the
+/// literal stream's window at 8 MiB (new content seldom repeats from further back).
 pub fn maker_options() -> Options {
     let mut options = Options::default();
     options.budget.memory = 128 << 20;
     options.level = 9;
     options.recipe_level = 9;
     options.large_level = 6;
+    options.literal_window_log = 23;
     options
 }
 
