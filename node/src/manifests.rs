@@ -153,6 +153,21 @@ impl Manifests {
         reference: &Reference,
         accept: Option<&str>,
     ) -> Result<ServedManifest, ManifestFetchError> {
+        let served = self.resolve(source, reference, accept).await?;
+        // The sizes it gives its blobs are what peers' maps must agree with.
+        if let Some(p2p) = &self.p2p {
+            p2p.note_sizes(served.manifest.references());
+        }
+        Ok(served)
+    }
+
+    /// [`Self::get`]'s work.
+    async fn resolve(
+        &self,
+        source: &Source,
+        reference: &Reference,
+        accept: Option<&str>,
+    ) -> Result<ServedManifest, ManifestFetchError> {
         if let Reference::Digest(d) = reference {
             if let Some(held) = self.stored(source, *d).await? {
                 return Ok(held);

@@ -78,6 +78,30 @@ fn join_late(
     Ok((node, conf))
 }
 
+/// Waits until `node` knows that each of its `peers` verified peers holds at least
+/// `blobs` blobs: a transfer asks the peers known to hold a blob, and a test that
+/// needs a certain peer asked must not start before the peer's holdings are heard.
+fn knows_holdings(node: &shoal_tests::Node, peers: usize, blobs: u64) -> anyhow::Result<()> {
+    let mut last = serde_json::Value::Null;
+    shoal_tests::process::wait_until(
+        "the node learns what its peers hold",
+        Duration::from_secs(20),
+        || {
+            last = node.cli_json(&["peers"])?;
+            Ok(last["peers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|p| p["verified"] == true && p["blobs"].as_u64() >= Some(blobs))
+                        .count()
+                })
+                .unwrap_or(0)
+                >= peers)
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}: {last}"))
+}
+
 #[test]
 fn with_the_origin_stopped_the_fleet_still_serves_by_digest_and_by_last_known_tag()
 -> anyhow::Result<()> {
@@ -221,6 +245,8 @@ fn a_lying_peer_is_banned_and_the_pull_completes_from_the_others() -> anyhow::Re
     }
     fleet.registry.stop();
     let (victim, conf) = join_late(&mut fleet, &[])?;
+    // Manifest, config and layer, from both: the liar is asked too.
+    knows_holdings(&victim, 2, 3)?;
     let pulled = skopeo_copy(
         &conf,
         &format!("{}/lies@{manifest}", fleet.alias),
@@ -239,6 +265,73 @@ fn a_lying_peer_is_banned_and_the_pull_completes_from_the_others() -> anyhow::Re
         "the liar is not banned: {peers}"
     );
     // What the victim stores is right: fsck finds nothing.
+    let out = victim.cli(&["fsck"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
+/// Regression: a peer whose maps claim each blob a byte longer than it is broke
+/// pulls. The first map set the size the engine was told, so the response was cut
+/// short, and an honest map that came second got its sender banned. Sizes now come
+/// from the manifest the node served, and a map that disagrees bans its sender (or,
+/// when the blob finished before that map came, the liar was never heard).
+#[test]
+fn a_peer_lying_about_sizes_is_left_out_and_the_pull_completes() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(2, |i| {
+        if i == 1 {
+            vec!["--test-peer-fault".into(), "wrong-size".into()]
+        } else {
+            vec![]
+        }
+    })?;
+    fleet.wait_meshed()?;
+    let (manifest, size) = push_sized(&fleet, "sizes", 23, 20)?;
+    for i in 0..2 {
+        skopeo_copy(
+            &fleet.registries_conf(i)?,
+            &format!("{}/sizes:v1", fleet.alias),
+            &fleet.path(&format!("warm{i}")),
+            &[],
+        )?;
+    }
+    fleet.registry.stop();
+    let (victim, conf) = join_late(&mut fleet, &[])?;
+    let pulled = skopeo_copy(
+        &conf,
+        &format!("{}/sizes@{manifest}", fleet.alias),
+        &fleet.path("victim"),
+        &[],
+    )
+    .with_context(|| format!("the victim's log:\n{}", victim.log_tail()))?;
+    assert_eq!(pulled.manifest.to_string(), manifest);
+    let s = victim.stats()?;
+    assert_eq!(s["bytes_from_origin"], 0, "{s}");
+    assert!(s["bytes_from_peers"].as_u64().unwrap_or(0) >= size, "{s}");
+    let log = victim.log();
+    let liar = peers_of(&fleet, 1)?["peer_id"].clone();
+    let peers = victim.cli_json(&["peers"])?;
+    let banned = peers["banned"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .any(|b| b["peer_id"] == liar);
+    assert!(
+        banned || log.contains("peers disagree on the blob's size"),
+        "the liar was neither banned nor left out: {peers}"
+    );
+    let honest = peers_of(&fleet, 0)?["peer_id"].clone();
+    let banned_honest = peers["banned"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .any(|b| b["peer_id"] == honest);
+    assert!(!banned_honest, "the honest peer was banned: {peers}");
     let out = victim.cli(&["fsck"])?;
     assert!(
         out.status.success(),
@@ -333,6 +426,7 @@ fn a_stalling_peer_loses_its_requests_to_the_others() -> anyhow::Result<()> {
     }
     fleet.registry.stop();
     let (victim, conf) = join_late(&mut fleet, &["--config".into(), config.clone()])?;
+    knows_holdings(&victim, 2, 3)?;
     let pulled = skopeo_copy(
         &conf,
         &format!("{}/stall@{manifest}", fleet.alias),

@@ -53,7 +53,8 @@ pub struct P2pFlags {
     #[arg(long = "group", value_name = "NAME")]
     pub groups: Vec<String>,
     /// Test mode: misbehave towards peers (`lie`: corrupt every piece served;
-    /// `stall`: never answer piece requests; `slow`: answer four pieces a second), to
+    /// `stall`: never answer piece requests; `slow`: answer four pieces a second;
+    /// `wrong-size`: claim every blob a byte longer; `bad-pack`, `busy`), to
     /// test that a fleet copes with a bad member. Never use it in production.
     #[arg(long, hide = true, value_enum)]
     pub test_peer_fault: Option<PeerFault>,
@@ -74,6 +75,8 @@ pub enum PeerFault {
     /// Every pack it makes has a byte of its content flipped (the pack's digest is
     /// taken after, so only its content gives it away).
     BadPack,
+    /// Its blob maps claim each blob one byte longer than it is.
+    WrongSize,
 }
 
 /// How the node takes part in its fleet.

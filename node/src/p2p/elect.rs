@@ -72,7 +72,7 @@ pub(super) async fn fetch_through_elected(
             // fleet forms a swarm rather than a star around one uplink.
             let mut peers = vec![chosen];
             peers.extend(p2p.swarm_partners(&digest, chosen));
-            fetch_from_peers(p2p, digest, None, tx, peers, 0).await
+            fetch_from_peers(p2p, digest, p2p.noted_size(&digest), tx, peers, 0).await
         }
         Ok(Ok(false)) => Err(PeerFetchError::NoPeers(digest)),
         Ok(Err(e)) => {

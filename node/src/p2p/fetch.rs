@@ -305,8 +305,15 @@ pub async fn fetch_from_peers(
                     pieces,
                     complete,
                 } => {
-                    if size != a.layout.size() {
-                        lied(p2p, &mut slots, peer, "its map gives another size");
+                    if size != a.layout.size() && expected_size.is_some() {
+                        lied(p2p, &mut slots, peer, "its map gives the wrong size");
+                    } else if size != a.layout.size() {
+                        // With no size known beforehand, the peer whose map came first
+                        // may be the liar: this one sits the transfer out, unbanned. A
+                        // lying size gives itself away by its pieces' lengths or the
+                        // digest, and a fetch that fails asks the peers again.
+                        tracing::warn!(%peer, %digest, size, other = a.layout.size(), "peers disagree on the blob's size; this one sits out");
+                        a.release(&mut slots, peer);
                     } else {
                         a.on_map(&mut slots, peer, start, pieces, complete);
                     }
@@ -478,8 +485,8 @@ struct Assembly {
     /// ask for different ones first, so that they have something to trade.
     spread: Vec<u32>,
     /// The node the fleet elected for the blob ([`super::elect`]). Every member of a
-    /// cold fleet asks it, and its uplink is one of many: while other peers share
-    /// the transfer, it is asked only for pieces none of them holds with room in its
+    /// cold fleet asks it, and its uplink is one of many: while two or more other
+    /// peers share the transfer, it is asked only for pieces none of them holds with room in its
     /// window (a stalled peer's window stays full), and at most
     /// [`SOURCE_WINDOW`] at a time. A deep queue there would hold requests for pieces
     /// that reach other members meanwhile, and it would send each piece to nearly
@@ -608,7 +615,8 @@ impl Assembly {
     }
 
     fn assign(&mut self, slots: &mut HashMap<PeerId, Slot>, peer: PeerId) {
-        let sparing = slots.len() > 1 && self.source == Some(peer);
+        // With one other peer, the two share the work as equals.
+        let sparing = slots.len() > 2 && self.source == Some(peer);
         let window = if sparing { SOURCE_WINDOW } else { WINDOW };
         let Some(room) = slots
             .get(&peer)

@@ -34,6 +34,7 @@ pub mod swarm;
 pub mod table;
 pub mod tags;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -41,7 +42,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use serde::{Deserialize, Serialize};
+
 use shoal_protocol::Digest;
+use shoal_protocol::manifest::Descriptor;
 use shoal_protocol::wire::{FleetKey, Role};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -73,6 +76,9 @@ pub struct P2p {
     seeds: OnceLock<Arc<crate::seed::Seeds>>,
     /// Packs made for peers.
     packs: packs::Maker,
+    /// Blob sizes as manifests this node served give them ([`P2p::note_sizes`]).
+    // std Mutex: map operations only.
+    sizes: Mutex<HashMap<Digest, u64>>,
 }
 
 /// Why the peer side is not usable for a request.
@@ -164,6 +170,7 @@ impl P2p {
             node: OnceLock::new(),
             seeds: OnceLock::new(),
             packs: packs::Maker::default(),
+            sizes: Mutex::new(HashMap::new()),
         });
         tokio::spawn(driver.run());
         tokio::spawn(Arc::clone(&p2p).greet_dialled(dialled_rx, hello));
@@ -288,6 +295,29 @@ impl P2p {
         self.fetch_with_floor(source, digest, tx, 0).await
     }
 
+    /// Remembers the sizes `descriptors` give their blobs: a manifest this node
+    /// verified and served says how long each blob is, and a peer's map that says
+    /// otherwise lies (the size reaches the engine as the response's length, before
+    /// any byte can be checked). Most [`MAX_NOTED_SIZES`] at once.
+    pub fn note_sizes<'a>(&self, descriptors: impl IntoIterator<Item = &'a Descriptor>) {
+        let mut sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+        for d in descriptors {
+            if sizes.len() >= MAX_NOTED_SIZES {
+                sizes.clear();
+            }
+            sizes.insert(d.digest, d.size);
+        }
+    }
+
+    /// The size a served manifest gave blob `digest`, if any.
+    pub(crate) fn noted_size(&self, digest: &Digest) -> Option<u64> {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .copied()
+    }
+
     async fn fetch_with_floor(
         self: &Arc<Self>,
         source: &Source,
@@ -309,7 +339,8 @@ impl P2p {
         }
         candidates.retain(|p| self.table.is_verified(p));
         if !candidates.is_empty() {
-            match fetch::fetch_from_peers(self, digest, None, tx, candidates, floor).await {
+            let expected = self.noted_size(&digest);
+            match fetch::fetch_from_peers(self, digest, expected, tx, candidates, floor).await {
                 Err(fetch::PeerFetchError::NoPeers(_)) => {}
                 other => return other,
             }
@@ -455,6 +486,9 @@ impl P2p {
 /// How long a members-only stream from a peer whose handshake is still finishing waits
 /// for it.
 const VERIFY_GRACE: Duration = Duration::from_secs(2);
+
+/// Most blob sizes [`P2p::note_sizes`] keeps (beyond, it forgets them all).
+const MAX_NOTED_SIZES: usize = 1 << 16;
 
 fn protocol(name: String) -> anyhow::Result<StreamProtocol> {
     StreamProtocol::try_from_owned(name).map_err(|e| anyhow::anyhow!("bad protocol name: {e}"))

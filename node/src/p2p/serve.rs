@@ -161,9 +161,14 @@ pub(super) fn map_page(p2p: &P2p, digest: &Digest, start: u32) -> Message {
         return unknown;
     }
     let end = (u64::from(start) + MAX_MAP_PIECES as u64).min(count);
+    let claimed = if p2p.config.fault == Some(PeerFault::WrongSize) {
+        size + 1
+    } else {
+        size
+    };
     Message::BlobMap {
         digest: *digest,
-        size,
+        size: claimed,
         start,
         pieces: pieces[start as usize..end as usize].to_vec(),
         complete,
