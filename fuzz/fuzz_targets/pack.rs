@@ -35,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
         &[base.base()],
         &base.chunks,
         &mut |c, bytes| {
-            assert!(c.id.matches(bytes), "the sink got bytes that are not {}", c.id);
+            assert!(
+                c.id.matches(bytes),
+                "the sink got bytes that are not {}",
+                c.id
+            );
             assert_eq!(c.len as usize, bytes.len());
             assert!(seen.insert(c.id), "chunk {} came twice", c.id);
             Ok(())
@@ -46,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let header = header.expect("an applied pack has a header");
-    applied.recipe.validate().expect("an applied recipe validates");
+    applied
+        .recipe
+        .validate()
+        .expect("an applied recipe validates");
     assert_eq!(applied.recipe.diff_id, header.diff_id);
     assert_eq!(applied.recipe.tar_size, header.tar_size);
     let held = if header.bases.contains(&base.layer) {

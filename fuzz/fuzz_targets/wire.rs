@@ -9,8 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use shoal_protocol::wire::{
-    BytesMut, Decoded, FleetKey, HEADER_LEN, Handshake, MAX_FRAME, Message, Role, Step,
-    VERSION, decode, decode_bytes, encode,
+    BytesMut, Decoded, FleetKey, HEADER_LEN, Handshake, MAX_FRAME, Message, Role, Step, VERSION,
+    decode, decode_bytes, encode,
 };
 
 /// The handshake's fixed parameters; `corpus/wire/` holds honest handshakes for them.
@@ -53,7 +53,9 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(e) => {
                 if let Some(reply) = e.reply() {
-                    reply.validate().expect("an error's reply is a valid message");
+                    reply
+                        .validate()
+                        .expect("an error's reply is a valid message");
                 }
                 break Some(e);
             }
