@@ -106,6 +106,9 @@ pub enum Problem {
     /// A whiteout names nothing, `.` or `..`.
     #[error("the whiteout names nothing it could delete")]
     BadWhiteout,
+    /// A directory on the entry's path is named like a whiteout (`.wh.NAME`).
+    #[error("a directory on its path is named like a whiteout (.wh.*), which no layer can hold")]
+    WhiteoutDir,
     /// A hardlink or symlink entry has no target.
     #[error("the link has no target")]
     NoLinkTarget,

@@ -136,9 +136,20 @@ pub(crate) enum NameKind<'a> {
 
 /// Tells whiteouts apart by the last component of a normalised path.
 pub(crate) fn classify(path: &TreePath) -> Result<NameKind<'_>, Problem> {
-    let Some((_, last)) = path.split_last() else {
+    let Some((parent, last)) = path.split_last() else {
         return Ok(NameKind::Plain);
     };
+    // A whiteout's name is only ever an entry's last component: a directory named
+    // like one could never be written as an entry, so it is no layer's content. Under
+    // AUFS metadata (`.wh..wh.plnk/...`) it is metadata too.
+    for dir in parent.components() {
+        if dir.starts_with(AUFS_META_PREFIX) {
+            return Ok(NameKind::AufsMeta);
+        }
+        if dir.starts_with(WHITEOUT_PREFIX) {
+            return Err(Problem::WhiteoutDir);
+        }
+    }
     if last == OPAQUE_MARKER {
         return Ok(NameKind::Opaque);
     }

@@ -170,6 +170,22 @@ fn opaque_marker_is_not_a_whiteout_of_dot_opq() {
         classify(&TreePath::parse(b".wh..wh.plnk", 8).unwrap()).unwrap(),
         NameKind::AufsMeta
     );
+    assert_eq!(
+        classify(&TreePath::parse(b".wh..wh.plnk/1.2", 8).unwrap()).unwrap(),
+        NameKind::AufsMeta
+    );
+    // Found by the flatten fuzz target: a whiteout's name as a directory on the path
+    // was made as a directory, and a whiteout stood in the tree.
+    for path in [&b"a/.wh./b"[..], b".wh.x/y", b"a/.wh.b/.wh.c"] {
+        assert!(
+            matches!(
+                classify(&TreePath::parse(path, 8).unwrap()),
+                Err(crate::flatten::Problem::WhiteoutDir)
+            ),
+            "{}",
+            String::from_utf8_lossy(path)
+        );
+    }
 }
 
 #[test]

@@ -216,6 +216,12 @@ pub(super) fn cases(o: &str) -> Vec<Case> {
             |p| matches!(p, Problem::BadWhiteout),
         ),
         case(
+            "whiteout-named-directory",
+            vec![tar(&[E::dir("d"), E::file("d/.wh./f", b"x")])],
+            "d/.wh./f",
+            |p| matches!(p, Problem::WhiteoutDir),
+        ),
+        case(
             "owner-out-of-range",
             vec![tar(&[E::file("x", b"").pax(b"uid", b"4294967295")])],
             "x",
