@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+use shoal_protocol::RepoName;
 use shoal_protocol::reference::parse_registry_host;
 use shoal_protocol::wire::is_node_name;
 use url::Url;
@@ -39,6 +40,7 @@ struct FileConfig {
     max_blob_size: Option<u64>,
     sync_writes: Option<bool>,
     log_format: Option<LogFormat>,
+    flat_repositories: Option<Vec<String>>,
     #[serde(default)]
     origin: OriginSection,
     #[serde(default)]
@@ -142,6 +144,11 @@ pub struct NodeFlags {
     /// Repeatable. Example: --registry registry.internal:5000=http://10.0.0.5:5000
     #[arg(long = "registry", value_name = "HOST=URL")]
     pub registries: Vec<String>,
+    /// A repository the mirror serves as a flat image (one layer, shoal's own), as
+    /// `[REGISTRY/]REPOSITORY`, ending in `/*` for every repository under a path.
+    /// Repeatable; adds to the file's `flat_repositories`.
+    #[arg(long = "flat-repository", value_name = "REPO")]
+    pub flat_repositories: Vec<String>,
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -256,6 +263,8 @@ pub struct NodeConfig {
     pub sync_writes: bool,
     /// Log format [default: text].
     pub log_format: LogFormat,
+    /// Repositories the mirror serves as flat images [default: none].
+    pub flat_repositories: Vec<FlatRepository>,
     /// Upstream timeouts.
     pub origin: OriginConfig,
     /// Bounds on layer ingest.
@@ -331,6 +340,13 @@ impl NodeConfig {
             max_blob_size: file.max_blob_size.unwrap_or(64 << 30),
             sync_writes: flags.sync_writes || file.sync_writes.unwrap_or(false),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            flat_repositories: file
+                .flat_repositories
+                .unwrap_or_default()
+                .iter()
+                .chain(&flags.flat_repositories)
+                .map(|p| FlatRepository::parse(p))
+                .collect::<anyhow::Result<_>>()?,
             origin: OriginConfig {
                 connect_timeout: secs(file.origin.connect_timeout_secs, 10),
                 stall_timeout: secs(file.origin.stall_timeout_secs, 60),
@@ -368,6 +384,70 @@ impl NodeConfig {
             return Upstream::implicit(&key);
         }
         bail!("registry {key} is not configured on this node (open_registries = false)")
+    }
+}
+
+impl NodeConfig {
+    /// Whether the mirror serves `repo` of registry `host` as a flat image.
+    pub fn serves_flat(&self, host: &str, repo: &RepoName) -> bool {
+        self.flat_repositories.iter().any(|f| f.matches(host, repo))
+    }
+}
+
+/// A `flat_repositories` entry: `[REGISTRY/]REPOSITORY`, or a path ending in `/*`.
+/// The first component names a registry when it has a `.` or `:` or is `localhost`,
+/// as engines read image names; without one, the entry matches in every registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlatRepository {
+    /// The registry (`host[:port]`), if named.
+    pub host: Option<String>,
+    /// The repository, or the path before `/*`.
+    pub repo: String,
+    /// Whether every repository under `repo` matches (the entry ended in `/*`; `*`
+    /// alone matches every repository).
+    pub under: bool,
+}
+
+impl FlatRepository {
+    /// Parses an entry.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let bad = || format!("flat repository {text:?} is not [REGISTRY/]REPOSITORY[/*]");
+        let (host, rest) = match text.split_once('/') {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (Some(parse_registry_host(first).with_context(bad)?), rest)
+            }
+            _ => (None, text),
+        };
+        let (repo, under) = if rest == "*" {
+            (String::new(), true)
+        } else if let Some(path) = rest.strip_suffix("/*") {
+            (path.to_owned(), true)
+        } else {
+            (rest.to_owned(), false)
+        };
+        if !repo.is_empty() {
+            RepoName::parse(&repo).with_context(bad)?;
+        } else if !under {
+            bail!(bad());
+        }
+        Ok(FlatRepository { host, repo, under })
+    }
+
+    /// Whether it names `repo` of registry `host`.
+    pub fn matches(&self, host: &str, repo: &RepoName) -> bool {
+        if self.host.as_deref().is_some_and(|h| h != host) {
+            return false;
+        }
+        let name = repo.as_str();
+        if !self.under {
+            return name == self.repo;
+        }
+        self.repo.is_empty()
+            || name
+                .strip_prefix(self.repo.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
     }
 }
 
@@ -642,5 +722,43 @@ mod tests {
             Duration::from_secs(30 * 86400)
         );
         assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn flat_repositories_match_by_registry_name_and_path() {
+        let flags = NodeFlags {
+            flat_repositories: vec!["apps/*".into()],
+            ..Default::default()
+        };
+        let c = build(
+            "flat_repositories = [\"reg.internal:5000/web\", \"library/debian\"]",
+            flags,
+        )
+        .unwrap();
+        let repo = |r: &str| RepoName::parse(r).unwrap();
+        assert!(c.serves_flat("reg.internal:5000", &repo("web")));
+        assert!(
+            !c.serves_flat("docker.io", &repo("web")),
+            "another registry"
+        );
+        assert!(c.serves_flat("docker.io", &repo("library/debian")));
+        assert!(c.serves_flat("anywhere:5000", &repo("library/debian")));
+        assert!(!c.serves_flat("docker.io", &repo("library/debian-slim")));
+        assert!(c.serves_flat("docker.io", &repo("apps/api")));
+        assert!(c.serves_flat("docker.io", &repo("apps/team/api")));
+        assert!(!c.serves_flat("docker.io", &repo("apps")), "only under it");
+        assert!(!c.serves_flat("docker.io", &repo("appsx/api")));
+        let every = FlatRepository::parse("localhost/*").unwrap();
+        assert!(every.matches("localhost", &repo("any/thing")));
+        assert!(!every.matches("docker.io", &repo("any")));
+        for bad in ["", "reg.internal:5000/", "Apps", "web/**", "reg:x/web"] {
+            assert!(FlatRepository::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            build("", NodeFlags::default())
+                .unwrap()
+                .flat_repositories
+                .is_empty()
+        );
     }
 }

@@ -170,6 +170,25 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             "the mirror listens on {bound}, which is not loopback: any host that reaches it can pull through this node"
         );
     }
+    if !node.config.flat_repositories.is_empty() {
+        let repos: Vec<String> = node
+            .config
+            .flat_repositories
+            .iter()
+            .map(|f| {
+                let path = if f.under {
+                    format!("{}/*", f.repo)
+                } else {
+                    f.repo.clone()
+                };
+                let path = path.trim_start_matches('/').to_owned();
+                f.host
+                    .as_ref()
+                    .map_or(path.clone(), |h| format!("{h}/{path}"))
+            })
+            .collect();
+        tracing::info!(repositories = %repos.join(", "), "these repositories are served as flat images (one layer, made by this node)");
+    }
     tracing::info!(
         listen = %bound,
         data_dir = %data_dir.display(),

@@ -16,7 +16,7 @@ use shoal_tests::flat::{
     MountGuard, Podman, RichLayer, archive_layer_tar, describe_tree, inode_groups,
     overlay_mounted_at, tar_hardlinks, umoci_unpack,
 };
-use shoal_tests::image::{Layer, LayerCompression, Layout};
+use shoal_tests::image::{Layer, LayerCompression, Layout, http_get};
 use shoal_tests::node::Node;
 
 /// `security.capability`, revision 2, effective, three capabilities permitted; its
@@ -656,5 +656,111 @@ fn a_podman_built_image_of_real_files_flattens_like_umoci_unpacks_it() -> anyhow
         assert_eq!(what, &theirs[name], "{name}: shoal's, then umoci's");
     }
     assert_eq!(std::fs::read(out.join("etc/hostname"))?, b"flattened\n");
+    Ok(())
+}
+
+#[test]
+fn a_repository_served_flat_pulls_as_its_flat_export_in_engines() -> anyhow::Result<()> {
+    let m = Mirror::start(&["--flat-repository", "flat/served"])?;
+    let mut layout = Layout::new(&m.path("layout"))?;
+    layout.runtime_config = Some(serde_json::json!({
+        "Env": ["PATH=/usr/bin:/bin", "MODE=flat"],
+        "Cmd": ["/usr/bin/tool"],
+    }));
+    layout.image(&rich_layers(), "amd64", Some("v1"))?;
+    for repo in ["flat/served", "plain/app"] {
+        layout.push(
+            "v1",
+            &format!("{}/{repo}:v1", m.registry.addr),
+            false,
+            false,
+        )?;
+    }
+    let node = m.node.url();
+    let host = node.trim_start_matches("http://");
+    let oci = "Accept: application/vnd.oci.image.manifest.v1+json";
+
+    // The configured repository answers with one layer, the flat export's manifest.
+    let reply = http_get(&format!("{node}/v2/flat/served/manifests/v1"), &[oci])?;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let flat: serde_json::Value = serde_json::from_slice(&reply.body)?;
+    assert_eq!(flat["layers"].as_array().map(Vec::len), Some(1), "{flat}");
+    let digest = Digest::of(&reply.body).to_string();
+    assert_eq!(reply.header("docker-content-digest"), Some(digest.as_str()));
+    let export = m.node.cli_json(&[
+        "export",
+        "--flat",
+        &format!("{}/flat/served:v1", m.registry.addr),
+        "-o",
+        m.path("flat.tar").to_str().unwrap_or_default(),
+    ])?;
+    assert_eq!(
+        export["reused"], true,
+        "the mirror made the export: {export}"
+    );
+    assert_eq!(export["manifest"], digest.as_str(), "{export}");
+    assert_eq!(flat["layers"][0]["digest"], export["layer"]);
+
+    // By its own digest too, and its layer with a range.
+    let again = http_get(&format!("{node}/v2/flat/served/manifests/{digest}"), &[oci])?;
+    assert_eq!((again.status, &again.body), (200, &reply.body));
+    let layer = flat["layers"][0]["digest"].as_str().unwrap_or_default();
+    let whole = http_get(&format!("{node}/v2/flat/served/blobs/{layer}"), &[])?;
+    assert_eq!(whole.status, 200);
+    assert_eq!(Digest::of(&whole.body).to_string(), layer);
+    let part = http_get(
+        &format!("{node}/v2/flat/served/blobs/{layer}"),
+        &["Range: bytes=10-99"],
+    )?;
+    assert_eq!((part.status, &part.body[..]), (206, &whole.body[10..100]));
+
+    // Other repositories are served as the origin has them, and the flat blobs are not
+    // theirs to hand out.
+    let plain = http_get(&format!("{node}/v2/plain/app/manifests/v1"), &[oci])?;
+    let origin = http_get(
+        &format!("{}/v2/plain/app/manifests/v1", m.registry.url()),
+        &[oci],
+    )?;
+    assert_eq!((plain.status, &plain.body), (200, &origin.body));
+    let leaked = http_get(&format!("{node}/v2/plain/app/blobs/{layer}"), &[])?;
+    assert_eq!(
+        leaked.status, 404,
+        "a flat layer through another repository"
+    );
+
+    // skopeo copies it with every digest checked; podman pulls it as one layer with the
+    // image's runtime settings.
+    let dir = m.path("skopeo-dir");
+    shoal_tests::run(
+        std::process::Command::new("skopeo")
+            .args(["copy", "-q", "--src-tls-verify=false"])
+            .arg(format!("docker://{host}/flat/served:v1"))
+            .arg(format!("dir:{}", dir.display())),
+        Duration::from_secs(120),
+    )?;
+    assert_eq!(std::fs::read(dir.join("manifest.json"))?, reply.body);
+    let podman = Podman::new(&m.path("podman"))?;
+    let image = format!("{host}/flat/served:v1");
+    let pulled = podman.run(
+        &["pull", "--tls-verify=false", &image],
+        Duration::from_secs(120),
+    )?;
+    assert!(pulled.status.success(), "podman pull: {}", stderr(&pulled));
+    let inspect = podman.inspect(&image)?;
+    assert_eq!(
+        inspect["RootFS"]["Layers"].as_array().map(Vec::len),
+        Some(1),
+        "{inspect}"
+    );
+    assert_eq!(inspect["Digest"], digest.as_str());
+    assert_eq!(
+        inspect["Config"]["Env"],
+        serde_json::json!(["PATH=/usr/bin:/bin", "MODE=flat"])
+    );
     Ok(())
 }

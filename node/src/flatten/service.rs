@@ -23,7 +23,7 @@
 //! so GC cannot take it; what GC has let go is pruned from here in turn (`prune.rs`).
 
 use std::cell::RefCell;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -603,6 +603,87 @@ impl Flat {
         let path = self.export_path(manifest).join("layer.tar.gz");
         let file = std::fs::File::open(&path).map_err(FlatError::io("open", &path))?;
         Ok((parts, file))
+    }
+}
+
+/// A blob of a flat image in the export cache, found by its digest.
+#[derive(Debug)]
+pub enum Exported {
+    /// The flat image's manifest.
+    Manifest(Vec<u8>),
+    /// Its config.
+    Config(Vec<u8>),
+    /// Its layer (gzip), in the cache at `path`.
+    Layer {
+        /// The blob's file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+}
+
+/// The file in an export's directory naming the repositories (`host/repository`, one
+/// per line) whose flat pulls it answered: the mirror finds an export's blobs only
+/// through a repository it was served for, so a repository's access check covers them.
+const SERVED_FOR: &str = "served-for";
+
+impl Flat {
+    /// Records that the export of source manifest `source` answers pulls of `repo`
+    /// (`host/repository`).
+    pub fn serve_for(&self, source: &Digest, repo: &str) -> io::Result<()> {
+        let path = self.export_path(source).join(SERVED_FOR);
+        let held = std::fs::read_to_string(&path).unwrap_or_default();
+        if held.lines().any(|l| l == repo) {
+            return Ok(());
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        file.write_all(format!("{repo}\n").as_bytes())
+    }
+
+    /// The manifest, config or layer of digest `digest` of an export served for `repo`
+    /// (`host/repository`). The manifest and config are checked against the digest;
+    /// the layer was hashed as it was written and renamed into place whole.
+    pub fn exported(&self, digest: &Digest, repo: &str) -> Option<Exported> {
+        let wanted = digest.to_string();
+        let entries = std::fs::read_dir(self.dir.join("exports")).ok()?;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            if dir.to_string_lossy().contains(".partial-") {
+                continue;
+            }
+            let Some(summary) = read_summary(&dir) else {
+                continue;
+            };
+            let hit = [&summary.manifest, &summary.config, &summary.layer].contains(&&wanted);
+            let served = || {
+                std::fs::read_to_string(dir.join(SERVED_FOR))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l == repo)
+            };
+            if !hit || !served() {
+                continue;
+            }
+            let small = |name: &str| {
+                std::fs::read(dir.join(name))
+                    .ok()
+                    .filter(|bytes| Digest::of(bytes) == *digest)
+            };
+            return if summary.manifest == wanted {
+                small("manifest.json").map(Exported::Manifest)
+            } else if summary.config == wanted {
+                small("config.json").map(Exported::Config)
+            } else {
+                Some(Exported::Layer {
+                    path: dir.join("layer.tar.gz"),
+                    size: summary.layer_size,
+                })
+            };
+        }
+        None
     }
 }
 

@@ -130,6 +130,15 @@ impl MirrorError {
         )
     }
 
+    /// An image of a repository served flat that the node could not pull or flatten.
+    pub fn flat(image: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNKNOWN",
+            format!("shoal cannot serve {image} as a flat image: {e}"),
+        )
+    }
+
     /// A failure of the node itself.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::new(

@@ -8,12 +8,15 @@
 //! in order: containerd's `?ns=<registry>` parameter, a registry as the first path
 //! component (`/v2/<registry>/<repo>/...`, for podman and CRI-O mirror locations; see
 //! [`shoal_protocol::reference::registry_in_path`]), or the node's default upstream.
+//! Repositories configured in `flat_repositories` are answered with flat images
+//! (`served_flat.rs`).
 
 mod admin;
 mod error;
 mod flat;
 mod ops;
 mod peer;
+mod served_flat;
 
 use std::sync::Arc;
 
@@ -180,9 +183,22 @@ async fn dispatch(
         .await
         .map_err(MirrorError::denied)?;
     let head = method == Method::HEAD;
+    let flat = node.config.serves_flat(&source.upstream.host, &source.repo);
     let mut response = match target {
+        Target::Manifest(reference) if flat => {
+            served_flat::manifest(&node, &source, &reference, head).await?
+        }
         Target::Manifest(reference) => manifest(&node, &source, &reference, &headers, head).await?,
-        Target::Blob(digest) => blob(&node, &source, digest, &headers, head).await?,
+        Target::Blob(digest) => {
+            let exported = match flat {
+                true => served_flat::blob(&node, &source, digest, &headers, head).await?,
+                false => None,
+            };
+            match exported {
+                Some(r) => r,
+                None => blob(&node, &source, digest, &headers, head).await?,
+            }
+        }
         Target::Tags => {
             let extra: String =
                 url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
