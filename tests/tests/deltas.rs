@@ -346,3 +346,72 @@ fn nodes_holding_v1_that_pull_v2_at_once_take_one_copy_and_packs() -> anyhow::Re
     assert!(peers < layer / 4, "peers sent {peers} bytes");
     Ok(())
 }
+
+/// A node that rebuilt a layer from a pack answers the next node holding the same
+/// layers with that pack: the fleet makes each pack once.
+#[test]
+fn a_node_that_received_a_pack_passes_it_on_without_making_it_again() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(1, |_| vec![])?;
+    let a2 = two_versions(&mut fleet, &[])?;
+    let key = fleet.key.clone();
+    let third = fleet.add_node("third", Some(&key), &[])?;
+    fleet.nodes.push(third);
+    fleet.wait_meshed()?;
+    pull(&fleet, 2, "v1", "c1")?;
+    ingested(&fleet, 2, 1)?;
+
+    // B gets v2 as a pack that A makes.
+    let b2 = pull(&fleet, 1, "v2", "b2")?;
+    assert_eq!(b2, a2);
+    let b = fleet.nodes[1].stats()?;
+    assert_eq!(counter(&b, "layers_recreated"), 1, "{b}");
+    assert_eq!(counter(&fleet.nodes[0].stats()?, "packs_made"), 1);
+
+    // A leaves; C, holding v1 too, asks B, which holds v2 now.
+    fleet.nodes[0].kill9();
+    let b_id = fleet.nodes[1].cli_json(&["peers"])?["peer_id"].clone();
+    let mut last = serde_json::Value::Null;
+    wait_until(
+        "node 2 learns that node 1 holds v2",
+        Duration::from_secs(20),
+        || {
+            last = fleet.nodes[2].cli_json(&["peers"])?;
+            let peers = last["peers"].as_array().cloned().unwrap_or_default();
+            Ok(peers
+                .iter()
+                .any(|p| p["peer_id"] == b_id && p["blobs"].as_u64().unwrap_or(0) >= 6))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}: {last}"))?;
+    let origin_before = fleet.proxy.bytes_down();
+    let c2 = pull(&fleet, 2, "v2", "c2")?;
+    assert_eq!(c2, a2, "C got other blobs than A");
+    let c = fleet.nodes[2].stats()?;
+    let layer = layer_size(&fleet.path("c2"), &c2)?;
+    let origin = fleet.proxy.bytes_down() - origin_before;
+    eprintln!(
+        "v2 layer {layer} bytes; C took a {}-byte pack from B, {origin} bytes from the origin",
+        counter(&c, "bytes_delta")
+    );
+    assert_eq!(counter(&c, "layers_recreated"), 1, "{c}");
+    assert_eq!(
+        counter(&c, "bytes_delta"),
+        counter(&b, "bytes_delta"),
+        "C got the pack B got"
+    );
+    assert_eq!(
+        counter(&fleet.nodes[1].stats()?, "packs_made"),
+        0,
+        "B passed the pack on without making one"
+    );
+    assert!(origin < layer / 10, "origin sent {origin} bytes");
+    for i in [1, 2] {
+        let out = fleet.nodes[i].cli(&["fsck"])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(())
+}

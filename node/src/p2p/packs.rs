@@ -4,8 +4,11 @@
 //! The maker stores each pack it made as a blob of its own and answers with its
 //! digest, so the asker fetches it like any blob (pieces checked by BLAKE3, the whole
 //! by sha256), and a second asker naming the same held layers gets the same pack
-//! without a second making: each pack is made once per (layer, held layers) on a
-//! node. One pack is made at a time per node; making is CPU-bound for seconds.
+//! without a second making. A node that received a pack and rebuilt the layer from it
+//! keeps it and answers the same question with it, as its maker would: each pack is
+//! made once per (layer, held layers) in a fleet, however many nodes later hold the
+//! layer and are asked. One pack is made at a time per node; making is CPU-bound for
+//! seconds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,14 +42,27 @@ const MAX_PACK: u64 = 1 << 30;
 /// time.
 #[derive(Default)]
 pub struct Maker {
-    /// (layer, held layers as asked) → the pack stored. Declines are not remembered:
-    /// most are cheap (no recipe yet), and a layer may gain its recipe.
+    /// (layer, held layers as asked) → the pack stored, made here or received and
+    /// rebuilt from. Declines are not remembered: most are cheap (no recipe yet), and
+    /// a layer may gain its recipe.
     // std Mutex: map operations only.
     made: Mutex<HashMap<(Digest, Vec<Digest>), PackInfo>>,
     making: tokio::sync::Mutex<()>,
     /// The thread packs are made on, started at the first pack.
     // std Mutex: a sender cloned or replaced.
     thread: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+}
+
+impl Maker {
+    /// Remembers `pack` as the answer to `key`: one this node made, or one it received
+    /// and rebuilt a layer from.
+    fn remember(&self, key: (Digest, Vec<Digest>), pack: PackInfo) {
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        if made.len() >= MAX_REMEMBERED {
+            made.clear();
+        }
+        made.insert(key, pack);
+    }
 }
 
 /// Work for the maker's thread.
@@ -195,7 +211,13 @@ impl P2p {
             Stats::add(&self.stats.bytes_delta, offer.size);
             let store = Arc::clone(&self.store);
             let rebuilt = tokio::task::spawn_blocking(move || {
-                packs::rebuild(store.as_ref(), &layer, offer.blob_size, &pack)
+                let rebuilt = packs::rebuild(store.as_ref(), &layer, offer.blob_size, &pack);
+                if rebuilt.is_err()
+                    && let Err(e) = store.remove_blob(&offer.pack)
+                {
+                    tracing::warn!(pack = %offer.pack, "cannot drop a pack that failed: {e}");
+                }
+                rebuilt
             })
             .await
             .map_err(|e| PackMiss::Fetch {
@@ -203,7 +225,12 @@ impl P2p {
                 why: format!("the rebuilding task died: {e}"),
             })?;
             return match rebuilt {
-                Ok(rebuilt) => Ok(rebuilt),
+                Ok(rebuilt) => {
+                    // It rebuilt the layer: this node now answers the same question
+                    // with the same pack, so the fleet makes it once.
+                    self.packs.remember((layer, held), offer);
+                    Ok(rebuilt)
+                }
                 Err(e) => {
                     if e.blames_peer() {
                         Stats::add(&self.stats.bad_peer_pieces, 1);
@@ -245,8 +272,8 @@ impl P2p {
         })
     }
 
-    /// Fetches the pack `offer` names from `peer` into the store, reads it into
-    /// memory, and drops it from the store: it served its one use here.
+    /// Fetches the pack `offer` names from `peer` into the store and reads it into
+    /// memory. It stays in the store, to be passed on if it rebuilds the layer.
     async fn fetch_pack(
         self: &Arc<Self>,
         peer: PeerId,
@@ -283,9 +310,6 @@ impl P2p {
             for id in &record.pieces {
                 bytes
                     .extend_from_slice(&read_piece(store.as_ref(), id).map_err(|e| e.to_string())?);
-            }
-            if let Err(e) = store.remove_blob(&digest) {
-                tracing::warn!(pack = %digest, "cannot drop a used pack: {e}");
             }
             Ok::<_, String>(bytes.to_vec())
         })
@@ -446,11 +470,7 @@ pub(super) async fn pack_for_peer(p2p: &Arc<P2p>, layer: Digest, held: Vec<Diges
                 }
             };
             if let Some(info) = info {
-                let mut made = p2p.packs.made.lock().unwrap_or_else(|e| e.into_inner());
-                if made.len() >= MAX_REMEMBERED {
-                    made.clear();
-                }
-                made.insert(key, info);
+                p2p.packs.remember(key, info);
             }
             info
         }
