@@ -762,5 +762,26 @@ fn a_repository_served_flat_pulls_as_its_flat_export_in_engines() -> anyhow::Res
         inspect["Config"]["Env"],
         serde_json::json!(["PATH=/usr/bin:/bin", "MODE=flat"])
     );
+
+    // containerd, through the node as the alias's mirror (`?ns=`), gets the same image.
+    let hosts_dir = m.path("certs.d");
+    m.node.configure(
+        "containerd",
+        &[
+            "--only",
+            &m.alias,
+            "--write",
+            hosts_dir.to_str().unwrap_or_default(),
+        ],
+    )?;
+    let containerd = Containerd::start(&m.path("containerd"))?;
+    let image = format!("{}/flat/served:v1", m.alias);
+    containerd.pull(&hosts_dir, &image)?;
+    assert_eq!(containerd.image_digest(&image)?.to_string(), digest);
+    let content = containerd.content()?;
+    assert!(
+        content.iter().any(|d| d.to_string() == layer),
+        "{content:?}"
+    );
     Ok(())
 }
